@@ -1,0 +1,65 @@
+"""Loaders for the real benchmark sets (MATH-500, GSM8K, AIME24, AMC23) into one record shape:
+`question`, `answer` (the gold final answer as text) and `source`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import datasets
+
+# name -> (file per split, question field, function from a row to the gold answer text)
+SOURCES: dict[str, tuple[dict[str, str], str, Callable[[dict], str]]] = {
+    "math500": ({"test": "math500.jsonl"}, "problem", lambda row: str(row["answer"])),
+    "gsm8k": (
+        {"train": "gsm8k_train.jsonl", "test": "gsm8k_test.jsonl"},
+        "question",
+        lambda row: row["answer"].rsplit("####", 1)[1].strip(),
+    ),
+    "aime24": ({"test": "aime24.jsonl"}, "problem", lambda row: str(row["answer"])),
+    # AMC answers are stored as floats (27.0) while models answer 27.
+    "amc23": ({"test": "amc23.jsonl"}, "problem", lambda row: f"{float(row['answer']):g}"),
+}
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read; the message names the file and the line."""
+
+
+def load_benchmark(name: str, data_dir: str | Path, split: str = "test") -> datasets.Dataset:
+    """Records `{question, answer, source}` of benchmark `name` read from `data_dir`."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown benchmark {name!r}: expected one of {sorted(SOURCES)}")
+    files, question_field, gold = SOURCES[name]
+    if split not in files:
+        raise ValueError(f"benchmark {name!r} has no {split!r} split: it has {sorted(files)}")
+    path = Path(data_dir) / files[split]
+    if not path.is_file():
+        raise DataFileError(f"{path}: data file not found")
+    check_jsonl(path, required=(question_field,))
+    rows = datasets.load_dataset("json", data_files=str(path), split="train")
+    # A fresh table rather than `map`: map would keep `answer`'s old type (AMC's floats).
+    return datasets.Dataset.from_dict({
+        "question": rows[question_field],
+        "answer": [gold(row) for row in rows],
+        "source": [name] * len(rows),
+    })
+
+
+def check_jsonl(path: Path, required: tuple[str, ...] = ()) -> None:
+    """Raise `DataFileError` at the first line that is not a JSON object with the `required` fields.
+
+    `datasets` reports a malformed line without saying which one; this pass names it."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFileError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataFileError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise DataFileError(f"{path}:{number}: missing field(s) {', '.join(missing)}")

@@ -1,0 +1,57 @@
+"""The step format every part of the system reads and writes.
+
+    <think> reasoning 1 <step> summary 1 </step> reasoning 2 <step> summary 2 </step> </think> answer \\boxed{N}
+
+A Fold-mode segment is generated from the *folded context*: the same text with every detailed
+reasoning removed, so the step tags themselves are the marker in front of each summary. Unfold
+and Fold therefore see identical text around each summary and differ only in what they discard.
+A budget token (`<COMP_40>`) ends the user prompt and is repeated as the first response token.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+STEP_OPEN, STEP_CLOSE = "<step>", "</step>"
+BUDGETS = (20, 40, 60, 80, 100)
+BUDGET_TOKENS = {ratio: f"<COMP_{ratio}>" for ratio in BUDGETS}
+POLICY_TOKEN = "<COMP_AUTO>"
+FORMAT_TOKENS = (THINK_OPEN, THINK_CLOSE, STEP_OPEN, STEP_CLOSE, *BUDGET_TOKENS.values(), POLICY_TOKEN)
+
+# Words, single digits and single symbols, each keeping its leading whitespace: the pre-tokenizer
+# of the built-in tokenizer, so token counts of built-in text are known without loading it.
+TOKEN_PATTERN = re.compile(r"\s*(?:[A-Za-z]+|\d|[^\sA-Za-z\d])")
+_FORMAT_TOKEN_PATTERN = re.compile("|".join(re.escape(t) for t in FORMAT_TOKENS))
+
+
+def count_tokens(text: str) -> int:
+    """Tokens of `text` under the built-in tokenizer, format tokens excluded (they are not reasoning)."""
+    return len(TOKEN_PATTERN.findall(_FORMAT_TOKEN_PATTERN.sub(" ", text)))
+
+
+def reasoning_tokens(response: str) -> int:
+    """Reasoning length as budgets measure it: tokens inside `<think>...</think>`, format tokens excluded."""
+    body = response.split(THINK_OPEN, 1)[-1].split(THINK_CLOSE, 1)[0]
+    return count_tokens(body)
+
+
+def render_trace(steps: Sequence[tuple[str, str]], answer: str, budget: int | None = None) -> str:
+    """The full response text for `(reasoning, summary)` steps followed by the answer text."""
+    body = "".join(f" {reasoning} {STEP_OPEN} {summary} {STEP_CLOSE}" for reasoning, summary in steps)
+    return f"{_budget_prefix(budget)}{THINK_OPEN}{body} {THINK_CLOSE} {answer}"
+
+
+def fold_context(summaries: Sequence[str], budget: int | None = None) -> str:
+    """The response prefix a Fold segment is generated after: every summary so far, no reasoning."""
+    body = "".join(f" {STEP_OPEN} {summary} {STEP_CLOSE}" for summary in summaries)
+    return f"{_budget_prefix(budget)}{THINK_OPEN}{body}"
+
+
+def budget_prompt(question: str, budget: int | None) -> str:
+    """The user message: the question, ended by the budget token when one is asked for."""
+    return question if budget is None else f"{question} {BUDGET_TOKENS[budget]}"
+
+
+def _budget_prefix(budget: int | None) -> str:
+    return "" if budget is None else f"{BUDGET_TOKENS[budget]} "
