@@ -23,6 +23,13 @@ FORMAT_TOKENS = (THINK_OPEN, THINK_CLOSE, STEP_OPEN, STEP_CLOSE, *BUDGET_TOKENS.
 # of the built-in tokenizer, so token counts of built-in text are known without loading it.
 TOKEN_PATTERN = re.compile(r"\s*(?:[A-Za-z]+|\d|[^\sA-Za-z\d])")
 _FORMAT_TOKEN_PATTERN = re.compile("|".join(re.escape(t) for t in FORMAT_TOKENS))
+_NO_TAG = rf"(?:(?!{_FORMAT_TOKEN_PATTERN.pattern}).)*"
+_STEP = re.compile(rf"({_NO_TAG}){re.escape(STEP_OPEN)}({_NO_TAG}){re.escape(STEP_CLOSE)}", re.S)
+_TRACE = re.compile(
+    rf"(?:<COMP_\d+>\s*)?{re.escape(THINK_OPEN)}(?P<body>(?:{_STEP.pattern})*)\s*{re.escape(THINK_CLOSE)}"
+    rf"(?P<answer>{_NO_TAG})",
+    re.S,
+)
 
 
 def count_tokens(text: str) -> int:
@@ -46,6 +53,16 @@ def fold_context(summaries: Sequence[str], budget: int | None = None) -> str:
     """The response prefix a Fold segment is generated after: every summary so far, no reasoning."""
     body = "".join(f" {STEP_OPEN} {summary} {STEP_CLOSE}" for summary in summaries)
     return f"{_budget_prefix(budget)}{THINK_OPEN}{body}"
+
+
+def parse_trace(response: str) -> tuple[list[tuple[str, str]], str] | None:
+    """Inverse of `render_trace` for a well-formed response: `(steps, answer)`, or None if the tags
+    are not `<think> (reasoning <step> summary </step>)* </think> answer` (budget token allowed first)."""
+    match = _TRACE.fullmatch(response.strip())
+    if match is None:
+        return None
+    steps = [(r.strip(), s.strip()) for r, s in _STEP.findall(match.group("body"))]
+    return steps, match.group("answer").strip()
 
 
 def budget_prompt(question: str, budget: int | None) -> str:

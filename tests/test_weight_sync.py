@@ -1,0 +1,40 @@
+import torch
+
+from cluster.weight_sync import checksum, from_bucket, to_buckets
+
+
+def named(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(f"layer.{i}.weight", torch.randn(64, 32, generator=g)) for i in range(10)] + [
+        ("scalar", torch.tensor(3.0)), ("bf16", torch.randn(8, generator=g).to(torch.bfloat16))]
+
+
+def test_buckets_round_trip_and_respect_size():
+    tensors = named()
+    per_tensor = 64 * 32 * 4
+    buckets = list(to_buckets(tensors, bucket_bytes=3 * per_tensor))
+    assert len(buckets) == 4  # 3 + 3 + 3 + (1 + scalar + bf16)
+    restored = {k: v for b in buckets for k, v in from_bucket(b).items()}
+    assert sorted(restored) == sorted(n for n, _ in tensors)
+    assert all(torch.equal(restored[n], t) for n, t in tensors)
+    assert checksum(restored.items()) == checksum(tensors)
+
+
+def test_oversized_tensor_gets_its_own_bucket():
+    buckets = list(to_buckets(named()[:3], bucket_bytes=10))
+    assert [len(from_bucket(b)) for b in buckets] == [1, 1, 1]
+
+
+def test_tied_weights_serialise():
+    w = torch.randn(4, 4)
+    restored = from_bucket(next(to_buckets([("embed", w), ("lm_head", w)])))
+    assert torch.equal(restored["embed"], restored["lm_head"])
+
+
+def test_checksum_sees_one_bit_and_ignores_order():
+    tensors = named()
+    assert checksum(tensors) == checksum(list(reversed(tensors)))
+    changed = [(n, t.clone()) for n, t in tensors]
+    changed[4][1].view(torch.int32)[0, 0] ^= 1
+    assert checksum(changed) != checksum(tensors)
+    assert checksum(named(seed=1)) != checksum(tensors)
