@@ -55,6 +55,18 @@ def fold_context(summaries: Sequence[str], budget: int | None = None) -> str:
     return f"{_budget_prefix(budget)}{THINK_OPEN}{body}"
 
 
+def fold_segments(steps: Sequence[tuple[str, str]], answer: str, budget: int | None = None) -> list[tuple[str, str]]:
+    """The Fold rollout of a trace as `(context, segment)` pairs: segment k is generated after the
+    folded context of the summaries before it; the last segment closes `<think>` and answers.
+    `fold_context([], budget) + "".join(segments) == render_trace(steps, answer, budget)`."""
+    summaries = [summary for _, summary in steps]
+    pairs = [
+        (fold_context(summaries[:k], budget), f" {reasoning} {STEP_OPEN} {summary} {STEP_CLOSE}")
+        for k, (reasoning, summary) in enumerate(steps)
+    ]
+    return [*pairs, (fold_context(summaries, budget), f" {THINK_CLOSE} {answer}")]
+
+
 def parse_trace(response: str) -> tuple[list[tuple[str, str]], str] | None:
     """Inverse of `render_trace` for a well-formed response: `(steps, answer)`, or None if the tags
     are not `<think> (reasoning <step> summary </step>)* </think> answer` (budget token allowed first)."""

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from configs.schema import TaskConfig
 from tasks.arithmetic import gold_trace, lax_steps, make_problem, problems, verbosity_levels
 from tasks.format import (
-    BUDGETS, STEP_CLOSE, STEP_OPEN, THINK_CLOSE, THINK_OPEN, count_tokens, fold_context, reasoning_tokens,
+    BUDGETS, STEP_CLOSE, STEP_OPEN, THINK_CLOSE, THINK_OPEN, count_tokens, fold_context, fold_segments, parse_trace,
+    reasoning_tokens, render_trace,
 )
 
 CFG = TaskConfig(min_steps=2, max_steps=12, train_size=300, eval_size=100, lax_fraction=0.3, seed=7)
@@ -102,3 +103,28 @@ def test_random_problems_stay_in_range(seed, steps, max_operand):
     assert p.answer == replay(p.question)
     for ratio in BUDGETS:
         assert reasoning_tokens(gold_trace(p, (False,) * steps, ratio)) > 0
+
+
+@pytest.mark.parametrize("budget", [None, 40])
+def test_parse_and_fold_segments_invert_render(budget):
+    for p in problems(CFG, "eval")[:50]:
+        trace = gold_trace(p, lax_steps(p, 0.5, 0), budget or 100, budget)
+        steps, answer = parse_trace(trace)
+        assert render_trace(steps, answer, budget) == trace
+        pairs = fold_segments(steps, answer, budget)
+        assert len(pairs) == len(p.ops) + 1
+        assert fold_context([], budget) + "".join(seg for _, seg in pairs) == trace
+        for k, (context, segment) in enumerate(pairs):
+            assert context == fold_context([s for _, s in steps[:k]], budget)
+            assert segment.count(STEP_CLOSE) == (k < len(p.ops))
+
+
+@pytest.mark.parametrize("bad", [
+    "<think> a <step> b </step> c </think> d",      # reasoning after the last summary
+    "<think> a <step> b </step> <step> c </think> x",  # unclosed step
+    "<think> a <step> b",                          # unfinished
+    "<think> a <step> b </step> </think> d </step>",  # tag in the answer
+    "a <step> b </step> </think> d",               # no <think>
+])
+def test_parse_trace_rejects_malformed(bad):
+    assert parse_trace(bad) is None
