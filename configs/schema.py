@@ -74,6 +74,36 @@ class TaskConfig(Section):
         return self
 
 
+class ClusterConfig(Section):
+    """Placement: how many actors of each role, and what each one reserves."""
+
+    generators: int = Field(1, ge=1)
+    """vLLM generator actors (one engine each)."""
+    generator_cpus: float = Field(1.0, ge=0.0)
+    generator_gpus: float = Field(0.0, ge=0.0)
+    learners: int = Field(2, ge=1)
+    """DeepSpeed ranks (one actor each)."""
+    learner_cpus: float = Field(0.5, ge=0.0)
+    learner_gpus: float = Field(0.0, ge=0.0)
+    reward_workers: int = Field(1, ge=1)
+    reward_cpus: float = Field(0.0, ge=0.0)
+    """Reward scoring is light; 0 lets the workers share cores with the other roles."""
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Ray placement-group strategy for each role's bundles."""
+    placement_timeout_s: float = Field(120.0, gt=0.0)
+    """How long to wait for the placement groups before giving up."""
+
+
+class TrackingConfig(Section):
+    """MLflow experiment tracking."""
+
+    uri: str = ""
+    """Tracking URI. Empty: $MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db."""
+    experiment: str = "accordion-rl"
+    run_name: str = ""
+    """Display name of the MLflow run; empty lets MLflow pick one."""
+
+
 class Config(Section):
     """The whole job. Sections are added per role; each role reads only its own."""
 
@@ -81,3 +111,5 @@ class Config(Section):
     """Where checkpoints, metrics and the MLflow store of this job go."""
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    tracking: TrackingConfig = TrackingConfig()
