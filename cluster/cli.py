@@ -15,6 +15,11 @@ from tasks.benchmarks import DataFileError
 COMMANDS: dict[str, tuple[str, str]] = {
     "init-model": ("models.cli", "build the tiny built-in tokenizer and model into a folder"),
     "task": ("tasks.cli", "show built-in task problems and their gold traces at each budget"),
+    "score": ("rewards.cli", "check answers and compute rewards for a JSONL of responses (hang-proof)"),
+    "generate": ("actors.cli", "roll out Fold/Unfold trajectories and print them as outlines of step summaries"),
+    "sft": ("learners.cli", "supervised cold start on the built-in step traces (resumable; MLflow; metrics.json)"),
+    "train": ("cluster.train", "RL on Ray: Fold / Unfold / Mix-RL or CHRPO budgets; async rollouts; MLflow; --resume"),
+    "bench": ("cluster.bench", "benchmarks: `bench fold` (Fold vs Unfold throughput at one KV budget)"),
 }
 
 # Errors whose message is the whole story for the user: printed without a traceback.

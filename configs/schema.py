@@ -104,6 +104,232 @@ class TrackingConfig(Section):
     """Display name of the MLflow run; empty lets MLflow pick one."""
 
 
+class GeneratorConfig(Section):
+    """A vLLM generator: sampling, Fold limits and the engine's memory (one engine per generator actor)."""
+
+    temperature: float = Field(1.0, ge=0.0, le=10.0)
+    """Sampling temperature (0: greedy). A rollout request may override it."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(1536, ge=1, le=131072)
+    """Unfold: most tokens of one response."""
+    segment_tokens: int = Field(512, ge=1, le=131072)
+    """Fold: most tokens of one segment (public Accordion code: 6144)."""
+    max_segments: int = Field(8, ge=1, le=64)
+    """Fold: most segments of one trajectory; reaching it without an answer is 'unfinished'."""
+    max_prompt_tokens: int = Field(1024, ge=16, le=131072)
+    """Fold: longest folded prompt (question + summaries); longer ends the chain 'unfinished'."""
+    max_summary_tokens: int = Field(128, ge=1, le=16384)
+    """Fold: longest step summary; longer ends the chain 'malformed'."""
+    max_model_len: int = Field(2048, ge=64, le=131072)
+    """Engine context length (prompt + response); must cover both modes' longest sequence."""
+    kv_cache_gib: int = Field(1, ge=1, le=1024)
+    """CPU only: KV-cache memory in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    kv_cache_tokens: int | None = Field(None, ge=16)
+    """Fixes the KV cache to this many tokens (rounded up to whole blocks) instead of sizing it from memory."""
+    max_num_seqs: int = Field(256, ge=1, le=4096)
+    """Engine: most sequences decoded in one batch."""
+    max_concurrent: int = Field(256, ge=1, le=65536)
+    """Trajectories in flight at once per generator; the rest wait (bounds memory of records)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Engine weights and activations; float32 keeps rollout logprobs close to the learner's."""
+    enforce_eager: bool = True
+    """Skip graph compilation: engine start ~30 s instead of ~70 s on CPU."""
+
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> GeneratorConfig:
+        if self.max_prompt_tokens + self.segment_tokens > self.max_model_len:
+            raise ValueError(f"max_prompt_tokens {self.max_prompt_tokens} + segment_tokens {self.segment_tokens} "
+                             f"exceeds max_model_len {self.max_model_len}")
+        return self
+
+
+class OptimConfig(Section):
+    """AdamW and its learning-rate schedule (torch AdamW: DeepSpeed's CPU Adam compiles for ~100 s)."""
+
+    lr: float = Field(1e-6, gt=0.0, le=1.0)
+    """Peak learning rate (Accordion RL: 1e-6)."""
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear warm-up from 0 to `lr`."""
+    decay_steps: int = Field(0, ge=0)
+    """Cosine decay from `lr` to `min_lr_ratio * lr` over this many steps after warm-up; 0: constant."""
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    """Clip the global gradient norm to this; 0: no clipping."""
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> OptimConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas {self.betas}: each must be in [0, 1)")
+        return self
+
+
+class LearnerConfig(Section):
+    """The DeepSpeed learner group: precision, sharding, micro-batching and the RL loss."""
+
+    zero_stage: Literal[2, 3] = 2
+    """ZeRO-2 shards optimizer state and gradients; ZeRO-3 also the weights."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Compute dtype; bf16 keeps fp32 master weights in the optimizer."""
+    offload_optimizer: bool = False
+    """Keep optimizer state in host memory (GPU runs; on CPU it is there anyway)."""
+    micro_batch_tokens: int = Field(8192, ge=16)
+    """Most padded tokens (samples x longest sample) in one forward/backward; gradients accumulate
+    over the micro-batches of a batch, and one `train_step` is one optimizer step."""
+    max_length: int = Field(2048, ge=2)
+    """Longest sample (prompt + response) the learner accepts."""
+    on_too_long: Literal["error", "skip"] = "error"
+    """A sample longer than `max_length`: refuse the batch, or leave the sample out (counted in metrics)."""
+    on_nonfinite: Literal["error", "skip"] = "error"
+    """A non-finite loss: raise after a no-op step, or leave that micro-batch out of the update
+    (counted in metrics). Never applied to the weights either way."""
+    loss_aggregation: Literal["token_mean", "sequence_mean"] = "token_mean"
+    """How per-token losses are averaged over the batch (Accordion and DAPO: token_mean)."""
+    clip_low: float = Field(0.2, ge=0.0, le=1.0)
+    """PPO ratio clip below 1."""
+    clip_high: float = Field(0.28, ge=0.0, le=10.0)
+    """PPO ratio clip above 1 (clip-higher)."""
+    kl_coef: float = Field(0.0, ge=0.0)
+    """Weight of the KL to the reference model; > 0 needs `ref_logprobs` in every sample."""
+    tis_cap: float | None = Field(2.0, gt=0.0)
+    """Truncated importance sampling cap on pi_learner / pi_rollout, applied where `rollout_logprobs`
+    are given; null disables the correction."""
+    first_token_weight: float = Field(1.0, ge=0.0)
+    """Weight of the loss on the first response token (the budget choice in `<COMP_AUTO>` mode)."""
+    optim: OptimConfig = OptimConfig()
+    seed: int = 0
+
+
+class SFTConfig(Section):
+    """Supervised cold start on the built-in task's gold step traces (`accordion sft`)."""
+
+    steps: int = Field(600, ge=1)
+    """Optimizer steps."""
+    traces_per_step: int = Field(24, ge=1)
+    """Gold traces per optimizer step (a Fold trace gives one sample per segment)."""
+    fold_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    """Fraction of traces trained as per-segment Fold samples (prompt = folded context) instead of
+    one whole Unfold sample; both are needed for both modes to work."""
+    budgets: tuple[int, ...] = ()
+    """Mixed-ratio SFT: each trace gets a budget drawn from these (20..100), compressed to that ratio
+    and tagged with its budget token. Empty: plain traces without budget tokens."""
+    eval_every: int = Field(100, ge=1)
+    """Steps between held-out loss evaluations."""
+    eval_traces: int = Field(64, ge=1)
+    """Held-out traces for the eval loss."""
+    save_every: int = Field(200, ge=1)
+    """Steps between checkpoints (one is always written at the end)."""
+    optim: OptimConfig = OptimConfig(lr=3e-3, warmup_steps=30, decay_steps=570, betas=(0.9, 0.95))
+    """Replaces `learner.optim` for SFT: a small model learns from scratch at a high rate."""
+
+    @model_validator(mode="after")
+    def _known_budgets(self) -> SFTConfig:
+        from tasks.format import BUDGETS
+
+        unknown = [b for b in self.budgets if b not in BUDGETS]
+        if unknown:
+            raise ValueError(f"budgets {unknown} are not among {list(BUDGETS)}")
+        return self
+
+
+class RewardConfig(Section):
+    """Reward workers: answer checking under a hard timeout, and the reward formula (`rewards/`).
+    The CHRPO coefficients are the symbols of the formula in `rewards/chrpo.py`."""
+
+    name: Literal["accordion", "chrpo"] = "accordion"
+    """`accordion`: 1 for a correct answer in a well-formed, finished trace, else 0. `chrpo`: the
+    budget reward (needs `budget` and `ref_len` on every item)."""
+    processes: int = Field(2, ge=1, le=256)
+    """Verifier processes per reward worker; each check runs in one of them."""
+    timeout_s: float = Field(2.0, gt=0.0, le=600.0)
+    """Hard wall-clock limit of one answer check; a check that overruns is killed and scored wrong."""
+    memory_mb: int = Field(2048, ge=512)
+    """Address-space limit of a verifier process: a huge number fails fast instead of exhausting memory."""
+    max_answer_chars: int = Field(1000, ge=1, le=100_000)
+    """Extracted answers longer than this are scored wrong without parsing."""
+    number_fallback: bool = False
+    """Without `\\boxed{}` or `#### N`, take the last plain number of the answer as the prediction."""
+    correct: float = Field(1.0, gt=0.0)
+    """R_correct: reward of a correct answer before shaping."""
+    calib_weight: float = Field(0.2, ge=0.0)
+    """w_cal: calibration bonus at a perfect |r̂ - chosen| = 0 (0 at the band edge)."""
+    calib_band: float = Field(0.1, gt=0.0, le=1.0)
+    """b: calibration term is non-negative while |r̂ - chosen| <= b (the Huber knee)."""
+    calib_floor: float = Field(0.4, ge=0.0)
+    """Most the calibration term can take away (must stay below `correct`)."""
+    compress_weight: float = Field(0.5, ge=0.0)
+    """w_comp: bonus per unit of compression 1 - r̂ for correct answers."""
+    compress_cap: float = Field(0.6, ge=0.0, le=1.0)
+    """κ: compression beyond this earns nothing more (stops a race to the shortest budget)."""
+    under_penalty: float = Field(0.5, ge=0.0)
+    """λ_under: cost of a wrong answer after choosing the shortest budget (ratio 0)."""
+    over_penalty: float = Field(0.1, ge=0.0)
+    """λ_over: cost of a wrong answer after choosing the full budget (ratio 1); below λ_under."""
+    format_penalty: float = Field(1.0, ge=0.0)
+    """P_format: cost of an unfinished or malformed trajectory; above λ_under."""
+
+    @model_validator(mode="after")
+    def _orderings(self) -> RewardConfig:
+        from rewards.chrpo import Coefficients
+
+        Coefficients(**self.coefficients())  # raises with the reason when an ordering could break
+        return self
+
+    def coefficients(self) -> dict[str, float]:
+        """The CHRPO coefficients as keyword arguments of `rewards.chrpo.Coefficients`."""
+        from rewards.chrpo import Coefficients
+
+        return {name: getattr(self, name) for name in Coefficients.__dataclass_fields__}
+
+
+class RLConfig(Section):
+    """The RL loop (`accordion train`): what one step trains on and how far generation runs ahead."""
+
+    steps: int = Field(20, ge=1)
+    """Optimizer steps (policy versions) to train."""
+    prompts_per_step: int = Field(8, ge=1)
+    """Groups (questions) per optimizer step."""
+    samples_per_prompt: int = Field(4, ge=2)
+    """Trajectories per question: the group its advantage is computed in."""
+    mode: Literal["fold", "unfold", "mix"] = "fold"
+    """Rollout mode: Fold-RL, Unfold-RL, or Mix-RL (even steps Unfold, odd steps Fold)."""
+    budget: int | Literal["auto"] | None = None
+    """Budget token for every rollout: a ratio 20..100, `auto` (policy mode, CHRPO), or none."""
+    max_staleness: int = Field(1, ge=0)
+    """Policy versions a trained group may lag behind the learner; 0 is synchronous on-policy RL."""
+    scale_advantage_by_std: bool = False
+    """Divide group advantages by the group's reward std (GRPO); Accordion-RL does not."""
+    sync_every: int = Field(1, ge=1)
+    """Optimizer steps between weight syncs to the generators."""
+    sync_backend: Literal["objstore", "gloo"] = "objstore"
+    """Ray object store (one put, every generator reads it) or a torch.distributed group (gloo on CPU)."""
+    bucket_mb: int = Field(64, ge=1)
+    """Weight-sync bucket size in MiB."""
+    eval_every: int = Field(10, ge=0)
+    """Steps between held-out evaluations in both Fold and Unfold mode (0: only at the end)."""
+    eval_size: int = Field(64, ge=1)
+    """Held-out questions per evaluation."""
+    save_every: int = Field(10, ge=1)
+    """Steps between checkpoints (one is always written at the end)."""
+    samples_to_log: int = Field(4, ge=0)
+    """Trajectories per step written to the MLflow artifact `samples/step_N.jsonl`."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _budget_and_sync(self) -> RLConfig:
+        from tasks.format import BUDGETS
+
+        if isinstance(self.budget, int) and self.budget not in BUDGETS:
+            raise ValueError(f"budget {self.budget} is not one of {list(BUDGETS)} or 'auto'")
+        if self.max_staleness < self.sync_every - 1:
+            raise ValueError(f"sync_every {self.sync_every} makes rollouts up to {self.sync_every - 1} versions "
+                             f"stale, more than max_staleness {self.max_staleness} allows")
+        return self
+
+
 class Config(Section):
     """The whole job. Sections are added per role; each role reads only its own."""
 
@@ -111,5 +337,10 @@ class Config(Section):
     """Where checkpoints, metrics and the MLflow store of this job go."""
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
+    generator: GeneratorConfig = GeneratorConfig()
     cluster: ClusterConfig = ClusterConfig()
     tracking: TrackingConfig = TrackingConfig()
+    learner: LearnerConfig = LearnerConfig()
+    sft: SFTConfig = SFTConfig()
+    reward: RewardConfig = RewardConfig()
+    rl: RLConfig = RLConfig()

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import datasets
-
 # name -> (file per split, question field, function from a row to the gold answer text)
 SOURCES: dict[str, tuple[dict[str, str], str, Callable[[dict], str]]] = {
     "math500": ({"test": "math500.jsonl"}, "problem", lambda row: str(row["answer"])),
@@ -18,16 +16,22 @@ SOURCES: dict[str, tuple[dict[str, str], str, Callable[[dict], str]]] = {
     ),
     "aime24": ({"test": "aime24.jsonl"}, "problem", lambda row: str(row["answer"])),
     # AMC answers are stored as floats (27.0) while models answer 27.
-    "amc23": ({"test": "amc23.jsonl"}, "problem", lambda row: f"{float(row['answer']):g}"),
+    "amc23": ({"test": "amc23.jsonl"}, "problem", lambda row: _integral(row["answer"])),
 }
+
+
+def _integral(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 class DataFileError(ValueError):
     """A data file that cannot be read; the message names the file and the line."""
 
 
-def load_benchmark(name: str, data_dir: str | Path, split: str = "test") -> datasets.Dataset:
-    """Records `{question, answer, source}` of benchmark `name` read from `data_dir`."""
+def load_benchmark(name: str, data_dir: str | Path, split: str = "test"):
+    """Records `{question, answer, source}` of benchmark `name` read from `data_dir`, as a `datasets.Dataset`."""
+    import datasets  # slow to import: not at module level, so the CLI's help stays fast
+
     if name not in SOURCES:
         raise ValueError(f"unknown benchmark {name!r}: expected one of {sorted(SOURCES)}")
     files, question_field, gold = SOURCES[name]

@@ -38,3 +38,32 @@ def test_checksum_sees_one_bit_and_ignores_order():
     changed[4][1].view(torch.int32)[0, 0] ^= 1
     assert checksum(changed) != checksum(tensors)
     assert checksum(named(seed=1)) != checksum(tensors)
+
+
+def test_gloo_channel_delivers_buckets_to_every_receiver():
+    import socket
+    import threading
+
+    from cluster.weight_sync import GlooChannel
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    buckets = list(to_buckets(named(), bucket_bytes=20_000))
+    received = {}
+
+    def member(rank):
+        channel = GlooChannel("127.0.0.1", port, rank, 3, timeout_s=60)
+        if rank == 0:
+            channel.send(buckets)
+        else:
+            received[rank] = channel.receive()
+
+    threads = [threading.Thread(target=member, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert received[1] == received[2] == buckets
+    restored = {k: v for b in received[1] for k, v in from_bucket(b).items()}
+    assert checksum(restored.items()) == checksum(named())

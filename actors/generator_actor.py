@@ -1,0 +1,41 @@
+"""`GeneratorActor`: the Ray shell around `actors.generator.Generator` (one engine per actor).
+
+Methods are async, so one actor serves rollouts concurrently and a weight update can arrive while
+trajectories run (the generator finishes in-flight segments on the old weights first).
+"""
+from __future__ import annotations
+
+import ray
+
+from actors.fold import RolloutRequest, Trajectory
+from actors.generator import Generator
+from configs.schema import GeneratorConfig
+
+
+@ray.remote(num_cpus=1)
+class GeneratorActor:
+    def __init__(self, model_path: str, cfg: GeneratorConfig, seed: int = 0):
+        self.gen = Generator(model_path, cfg, seed)
+
+    async def start(self) -> int:
+        """Start the engine; returns the KV-cache size in tokens."""
+        await self.gen.start()
+        return self.gen.kv_tokens
+
+    async def rollout(self, requests: list[RolloutRequest]) -> list[Trajectory]:
+        return await self.gen.rollout(requests)
+
+    async def update_weights(self, version: int, buckets: list, checksum: str) -> int:
+        """`buckets`: safetensors bytes or ObjectRefs to them (Ray resolves only top-level refs)."""
+        blobs = [await b if isinstance(b, ray.ObjectRef) else b for b in buckets]
+        await self.gen.update_weights(version, blobs, checksum)
+        return self.gen.version
+
+    def version(self) -> int:
+        return self.gen.version
+
+    def stats(self) -> dict:
+        return self.gen.stats.as_dict()
+
+    async def shutdown(self) -> None:
+        await self.gen.shutdown()

@@ -1,0 +1,115 @@
+"""`LearnerGroup`: N Ray actors, one `Learner` (DeepSpeed rank) each, forming one torch.distributed
+group (gloo on CPU, NCCL on GPU).
+
+    driver ── ray.put(batch) ──► rank 0 … rank N-1   (each takes its token-balanced share)
+                                   └── all-reduce / ZeRO collectives among themselves ──┘
+    rank 0 ── full weights / buckets / metrics ──► driver
+
+Every method is blocking and returns plain results (rank 0's, after every rank has finished); to
+overlap training with generation, call it from a thread. A rank that fails raises here with its
+rank named, without waiting for the others (which may be stuck in a collective: `shutdown`).
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from cluster.weight_sync import DEFAULT_BUCKET_BYTES
+from configs.schema import LearnerConfig
+from learners.batch import Sample
+from learners.learner import Learner, Loss
+
+
+def _rendezvous() -> tuple[str, int]:
+    """This node's address and a free port, for rank 0's TCP store."""
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+class LearnerGroup:
+    """`ranks` learners on `model_path`. Each actor reserves `cpus` and `gpus`; with a
+    `placement_group`, rank i goes to bundle i (see `cluster.placement.placement_groups`)."""
+
+    def __init__(self, model_path: str | Path, cfg: LearnerConfig, ranks: int = 1, cpus: float = 1.0,
+                 gpus: float = 0.0, placement_group: Any = None):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if ranks < 1:
+            raise ValueError(f"ranks must be at least 1, got {ranks}")
+
+        def options(rank: int) -> dict[str, Any]:
+            opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+            if placement_group is not None:
+                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group, rank)
+            return opts
+
+        addr, port = ray.get(ray.remote(_rendezvous).options(**options(0)).remote())
+        actor = ray.remote(Learner)
+        threads = max(1, int(cpus))
+        self.actors = [
+            actor.options(**options(rank)).remote(str(model_path), cfg, rank, ranks, addr, port, threads)
+            for rank in range(ranks)
+        ]
+        self.cfg, self.ranks = cfg, ranks
+        self._gather([a.__ray_ready__.remote() for a in self.actors])
+
+    def _gather(self, refs: list) -> list:
+        """Results of every rank; the first failure raises at once, naming its rank."""
+        import ray
+
+        pending = {ref: rank for rank, ref in enumerate(refs)}
+        results: dict[int, Any] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            rank = pending.pop(done[0])
+            try:
+                results[rank] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as err:
+                raise err.as_instanceof_cause() from None
+            except ray.exceptions.RayActorError as err:
+                raise RuntimeError(f"learner rank {rank} died: {err}") from None
+        return [results[r] for r in range(len(refs))]
+
+    def _call(self, method: str, *args: Any) -> list:
+        return self._gather([getattr(a, method).remote(*args) for a in self.actors])
+
+    def train_step(self, batch: Sequence[Sample | Mapping], loss: Loss = "policy") -> dict[str, float]:
+        """One optimizer step on `batch`; see `Learner.train_step` for the metrics."""
+        import ray
+
+        return self._call("train_step", ray.put(list(batch)), loss)[0]
+
+    def recompute_logprobs(self, batch: Sequence[Sample | Mapping]) -> list[list[float]]:
+        """Per sample, the logprobs of its response tokens under the current weights."""
+        import ray
+
+        shares = self._call("recompute_logprobs", ray.put(list(batch)))
+        return [next(s[i] for s in shares if s[i] is not None) for i in range(len(batch))]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full weights (HF names; tied weights once) from rank 0."""
+        return self._call("full_state")[0]
+
+    def weight_buckets(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> tuple[list[bytes], str]:
+        """The weights as `cluster.weight_sync` buckets and their checksum, for the generators."""
+        return self._call("weight_buckets", bucket_bytes)[0]
+
+    def save(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
+        """A checkpoint that transformers/vLLM load as a model folder; see `Learner.save`."""
+        self._call("save", str(path), dict(state or {}))
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore everything `save` wrote; returns the saved training state."""
+        return self._call("load", str(path))[0]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

@@ -1,0 +1,304 @@
+"""One DeepSpeed rank: a transformers causal LM under ZeRO-2/3, trained on `Sample` batches.
+
+A plain class: `Learner(model_path, cfg, rank=0, world_size=1)` works in one process without Ray;
+`learners.group.LearnerGroup` runs one per Ray actor. Every rank receives the whole batch and takes
+its own share of the same deterministic token-balanced plan, so no rank needs to hear from another
+before the first forward, and all ranks run the same number of forwards/backwards (ZeRO's
+collectives require it).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+from cluster.weight_sync import checksum, to_buckets
+from configs.schema import LearnerConfig, OptimConfig
+from learners import algos
+from learners.batch import BatchError, Sample, as_samples, collate, split_by_tokens, validate
+
+STATE_FILE = "training_state.json"
+OPTIMIZER_DIR = "optimizer"
+Loss = Literal["policy", "sft"]
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss was NaN or infinite (learner.on_nonfinite=error); the step was not applied."""
+
+
+def lr_factor(step: int, cfg: OptimConfig) -> float:
+    """Learning-rate multiplier at optimizer step `step`: linear warm-up, then cosine or constant."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if not cfg.decay_steps:
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / cfg.decay_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def ds_config(cfg: LearnerConfig) -> dict[str, Any]:
+    """The DeepSpeed config; accumulation is ours (one optimizer step per batch), so DeepSpeed sees 1."""
+    zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,  # torch AdamW: DeepSpeedCPUAdam compiles for ~100 s
+        "steps_per_print": 1 << 30,
+    }
+
+
+class Learner:
+    """One rank. `train_step`, `recompute_logprobs`, `full_state`, `save` and `load` are collective:
+    every rank of the group must call them, in the same order, with the same arguments."""
+
+    def __init__(self, model_path: str | Path, cfg: LearnerConfig, rank: int = 0, world_size: int = 1,
+                 master_addr: str = "127.0.0.1", master_port: int = 29500, threads: int | None = None):
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                          WORLD_SIZE=str(world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
+        if threads:
+            torch.set_num_threads(threads)
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
+                                   auto_mpi_discovery=False, verbose=False)
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.model_path = Path(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        optim = cfg.optim
+        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
+                                      weight_decay=optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim))
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(cfg))
+        self.device = self.engine.device
+        self.step = 0  # optimizer steps applied
+
+    # ---- batches -------------------------------------------------------------------------------
+
+    def _plan(self, batch: Sequence[Sample | Mapping], need: Sequence[str] = ()) -> tuple[list[Sample], list[list[int]], int]:
+        """Validate, drop over-long samples if configured, and take this rank's micro-batches."""
+        samples = as_samples(batch)
+        too_long = validate(samples, self.cfg.max_length, need)
+        if too_long and self.cfg.on_too_long == "error":
+            i = too_long[0]
+            raise BatchError(f"sample {i}: {len(samples[i])} tokens exceeds learner.max_length {self.cfg.max_length} "
+                             f"({len(too_long)} such samples; learner.on_too_long=skip leaves them out)")
+        dropped = set(too_long)
+        keep = [i for i in range(len(samples)) if i not in dropped]
+        if not keep:
+            raise BatchError(f"every sample exceeds learner.max_length {self.cfg.max_length}: nothing to train on")
+        plan = split_by_tokens([len(samples[i]) for i in keep], self.world_size, self.cfg.micro_batch_tokens)
+        return samples, [[keep[j] for j in micro] for micro in plan[self.rank]], len(too_long)
+
+    def _logprobs(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Log-probabilities of the response tokens, (B, L) float32, with grad if enabled."""
+        logits = self.engine(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False).logits
+        # Only the positions that predict a response token: (B, L, V), not (B, T, V), in float32.
+        picked = torch.gather(logits, 1, mb["positions"][..., None].expand(-1, -1, logits.shape[-1])).float()
+        token = torch.gather(picked, 2, mb["response_ids"][..., None]).squeeze(-1)
+        return token - torch.logsumexp(picked, dim=-1)
+
+    def _to_device(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in collate(samples, self.tokenizer.pad_token_id).items()}
+
+    def _all_reduce(self, tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=op)
+        return tensor
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def train_step(self, batch: Sequence[Sample | Mapping], loss: Loss = "policy") -> dict[str, float]:
+        """One optimizer step on the whole `batch` (all ranks' shares, accumulated over micro-batches).
+
+        `loss="policy"`: clipped PPO loss with the configured corrections; `"sft"`: NLL of the responses.
+        Returns the same metrics on every rank (summed over ranks): loss, clip_fraction, kl, grad_norm,
+        lr, tokens, samples, skipped_samples, step_applied, time_s.
+        """
+        start = time.perf_counter()
+        cfg = self.cfg
+        need = ("ref_logprobs",) if loss == "policy" and cfg.kl_coef > 0 else ()
+        samples, micro_batches, too_long = self._plan(batch, need)
+        kept = [s for s in samples if len(s) <= cfg.max_length]
+        counts = {"tokens": sum(len(s.response_ids) for s in kept), "sequences": len(kept)}
+        denominator = counts[algos.AGGREGATIONS[cfg.loss_aggregation][1]]
+        # Sums over this rank's micro-batches: loss, clipped tokens, kl, trained tokens, skipped samples.
+        sums = torch.zeros(5, dtype=torch.float64)
+        nonfinite = []
+        self.engine.train()
+        for k, indices in enumerate(micro_batches):
+            self.engine.set_gradient_accumulation_boundary(k == len(micro_batches) - 1)
+            mb = self._to_device([samples[i] for i in indices])
+            logprobs = self._logprobs(mb)
+            share, clipped, kl = self._loss(mb, logprobs, loss, denominator)
+            finite = self._all_reduce(torch.isfinite(share).float().reshape(1), dist.ReduceOp.MIN)
+            if not bool(finite):  # a host sync, but the decision must be the same on every rank
+                # Same backward on every rank (ZeRO's hooks are collective), but with zero gradient.
+                share = torch.where(torch.isfinite(logprobs), logprobs, 0.0).sum() * 0.0
+                sums[4] += len(indices)
+                nonfinite.append(k)
+            else:
+                sums += torch.stack([share.detach().double().cpu(), clipped.double().cpu(), kl.double().cpu(),
+                                     mb["mask"].sum().double().cpu(), torch.zeros((), dtype=torch.float64)])
+            # DeepSpeed averages gradients over ranks; the shares already sum to the batch mean.
+            self.engine.backward(share * self.world_size)
+        totals = self._all_reduce(sums)
+        trained = int(totals[3])
+        refuse = bool(nonfinite) and cfg.on_nonfinite == "error"
+        if refuse or not trained:
+            # Step with lr 0: the weights stay bit-identical and DeepSpeed's accumulation ends cleanly
+            # (Adam's moments do see this step's finite gradients). The scheduler restores lr next step.
+            for group in self.optimizer.param_groups:
+                group["lr"] = 0.0
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        if refuse:
+            raise NonFiniteLossError(f"non-finite loss at step {self.step} in micro-batch(es) {nonfinite}; the step "
+                                     "was not applied (learner.on_nonfinite=skip trains on the rest)")
+        if nonfinite:
+            log.warning("step %d: non-finite loss in micro-batch(es) %s; their samples are left out", self.step, nonfinite)
+        applied = trained > 0
+        self.step += applied
+        metrics = {
+            "loss": float(totals[0]),
+            "clip_fraction": float(totals[1]) / max(trained, 1),
+            "kl": float(totals[2]) / max(trained, 1),
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": lr,
+            "tokens": trained,
+            "samples": len(kept) - int(totals[4]),
+            "skipped_samples": int(totals[4]) + too_long,
+            "step_applied": float(applied),
+            "time_s": time.perf_counter() - start,
+        }
+        return metrics
+
+    def _loss(self, mb: dict[str, torch.Tensor], logprobs: torch.Tensor, loss: Loss,
+              denominator: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This micro-batch's share of the batch loss, and its clipped-token and KL sums (no grad)."""
+        cfg, mask = self.cfg, mb["mask"]
+        zero = torch.zeros((), device=logprobs.device)
+        if loss == "sft":
+            per_token = algos.sft_loss(logprobs)
+            return algos.aggregate(per_token, mask, cfg.loss_aggregation, denominator), zero, zero
+        if loss != "policy":
+            raise ValueError(f"unknown loss {loss!r}: expected 'policy' or 'sft'")
+        old = mb.get("old_logprobs", logprobs.detach())
+        per_token, clipped = algos.policy_loss(logprobs, old, mb["advantage"], cfg.clip_low, cfg.clip_high)
+        if cfg.tis_cap is not None and "rollout_logprobs" in mb:
+            per_token = per_token * algos.truncated_is_weight(old, mb["rollout_logprobs"], cfg.tis_cap)
+        kl_sum = zero
+        if cfg.kl_coef > 0:
+            kl = algos.kl_penalty(logprobs, mb["ref_logprobs"])
+            per_token = per_token + cfg.kl_coef * kl
+            kl_sum = algos.masked_sum(kl.detach(), mask)
+        per_token = per_token * algos.token_weights(mask, cfg.first_token_weight)
+        share = algos.aggregate(per_token, mask, cfg.loss_aggregation, denominator)
+        return share, algos.masked_sum(clipped, mask), kl_sum
+
+    @torch.no_grad()
+    def recompute_logprobs(self, batch: Sequence[Sample | Mapping]) -> list[list[float] | None]:
+        """Logprobs of each sample's response tokens under the current weights; entries of samples
+        on other ranks are None (the group merges them)."""
+        samples, micro_batches, _ = self._plan(batch)
+        out: list[list[float] | None] = [None] * len(samples)
+        self.engine.eval()
+        for indices in micro_batches:
+            logprobs = self._logprobs(self._to_device([samples[i] for i in indices])).cpu()
+            for row, i in enumerate(indices):
+                out[i] = logprobs[row, : len(samples[i].response_ids)].tolist()
+        return out
+
+    # ---- weights and checkpoints ---------------------------------------------------------------
+
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """Full weights (HF names, compute dtype, on CPU) on rank 0, None elsewhere; ZeRO-3 gathers."""
+        import deepspeed
+
+        params = dict(self.engine.module.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None,
+                                               enabled=self.cfg.zero_stage == 3):
+            if self.rank:
+                return None
+            return {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
+
+    def weight_buckets(self, bucket_bytes: int) -> tuple[list[bytes], str] | None:
+        """The weights as `cluster.weight_sync` buckets plus their checksum, on rank 0."""
+        state = self.full_state()
+        if state is None:
+            return None
+        return list(to_buckets(state.items(), bucket_bytes)), checksum(state.items())
+
+    def save(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
+        """A Hugging Face folder (weights, config, tokenizer) that vLLM and transformers load as is,
+        plus `training_state.json` (step, caller's `state`, RNG) and the DeepSpeed optimizer state in
+        `optimizer/`. Written to a temporary name and renamed, so a crash never leaves half a checkpoint."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        weights = self.full_state()
+        if self.rank == 0:
+            tmp.mkdir(parents=True, exist_ok=True)
+            self.engine.module.save_pretrained(tmp, state_dict=weights)
+            self.tokenizer.save_pretrained(tmp)
+        self._barrier()
+        self.engine.save_checkpoint(str(tmp / OPTIMIZER_DIR), tag="state")
+        if self.rank == 0:
+            rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+            record = {"step": self.step, "world_size": self.world_size, "zero_stage": self.cfg.zero_stage,
+                      "torch_rng": rng, **(state or {})}
+            (tmp / STATE_FILE).write_text(json.dumps(record, indent=1))
+            if path.exists():
+                old = path.with_name(path.name + ".old")
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        self._barrier()
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore weights, optimizer, schedule, step and RNG from `save`; returns the saved state."""
+        path = Path(path)
+        record_file = path / STATE_FILE
+        if not record_file.is_file():
+            raise FileNotFoundError(f"{path}: no {STATE_FILE} (not a learner checkpoint)")
+        record = json.loads(record_file.read_text())
+        for key, mine in (("world_size", self.world_size), ("zero_stage", self.cfg.zero_stage)):
+            if record[key] != mine:
+                raise ValueError(f"{path}: saved with {key}={record[key]}, this learner has {mine} "
+                                 f"(the weights alone load with model.path={path})")
+        loaded, _ = self.engine.load_checkpoint(str(path / OPTIMIZER_DIR), tag="state",
+                                                load_optimizer_states=True, load_lr_scheduler_states=True)
+        if loaded is None:
+            raise FileNotFoundError(f"{path / OPTIMIZER_DIR}: DeepSpeed checkpoint missing or unreadable")
+        rng = torch.frombuffer(bytearray(base64.b64decode(record["torch_rng"])), dtype=torch.uint8)
+        torch.set_rng_state(rng)
+        self.step = record["step"]
+        return {k: v for k, v in record.items() if k != "torch_rng"}
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+

@@ -1,0 +1,155 @@
+"""Supervised cold start on gold step traces: the same `LearnerGroup`, loss on response tokens only.
+
+A trace is trained either whole (Unfold: prompt = question, response = the full trace) or as its
+Fold segments (prompt = question + the folded context the generator would show, response = one
+segment), exactly the (context, segment) pairs of `tasks.format.fold_segments`, so training and Fold
+rollouts see the same token sequences. With `sft.budgets` each trace is compressed to a drawn ratio
+and tagged with its budget token (Extra-CoT mixed-ratio SFT).
+
+The data stream is a pure function of (seed, position): resuming needs only the position.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from configs.schema import Config, SFTConfig, TaskConfig
+from learners.batch import Sample
+from tasks.arithmetic import Problem, gold_trace, lax_steps, problems
+from tasks.format import budget_prompt, fold_segments, parse_trace
+
+CHECKPOINT = "checkpoint"
+
+
+def prompt_ids(tokenizer, question: str, budget: int | None, context: str) -> list[int]:
+    """Chat-rendered user message (budget token last) plus the response prefix `context`."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": budget_prompt(question, budget)}],
+                                        add_generation_prompt=True, return_dict=False)
+    return list(ids) + tokenizer.encode(context, add_special_tokens=False)
+
+
+def trace_samples(tokenizer, problem: Problem, fold: bool, lax_fraction: float = 0.0, seed: int = 0,
+                  budget: int | None = None) -> list[Sample]:
+    """The gold trace of `problem` as one Unfold sample or one sample per Fold segment."""
+    trace = gold_trace(problem, lax_steps(problem, lax_fraction, seed), budget or 100, budget)
+    steps, answer = parse_trace(trace)
+    pairs = fold_segments(steps, answer, budget)
+    if not fold:  # the generator's Unfold prompt already holds the first context (`<think>`)
+        pairs = [(pairs[0][0], "".join(segment for _, segment in pairs))]
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    samples = [Sample(prompt_ids(tokenizer, problem.question, budget, context), encode(segment))
+               for context, segment in pairs]
+    last = samples[-1]
+    samples[-1] = Sample(last.prompt_ids, last.response_ids + [tokenizer.eos_token_id])
+    return samples
+
+
+class TraceStream:
+    """Training traces in a seeded order: trace i's problem, Fold/Unfold choice and budget depend
+    only on (seed, i), so position i is all a resumed run needs."""
+
+    def __init__(self, tokenizer, task: TaskConfig, sft: SFTConfig, split: str = "train"):
+        self.tokenizer, self.task, self.sft = tokenizer, task, sft
+        self.problems = problems(task, split)
+
+    def sample(self, i: int) -> list[Sample]:
+        epoch, k = divmod(i, len(self.problems))
+        order = list(range(len(self.problems)))
+        random.Random(f"{self.task.seed}:epoch:{epoch}").shuffle(order)  # cheap next to a training step
+        rng = random.Random(f"{self.task.seed}:trace:{i}")
+        fold = rng.random() < self.sft.fold_fraction
+        budget = rng.choice(self.sft.budgets) if self.sft.budgets else None
+        return trace_samples(self.tokenizer, self.problems[order[k]], fold, self.task.lax_fraction,
+                             self.task.seed, budget)
+
+    def batch(self, position: int, traces: int) -> list[Sample]:
+        return [s for i in range(position, position + traces) for s in self.sample(i)]
+
+
+def eval_loss(group, samples: list[Sample]) -> float:
+    """Token-mean NLL of `samples` under the current weights."""
+    logprobs = group.recompute_logprobs(samples)
+    return -sum(sum(lp) for lp in logprobs) / sum(len(lp) for lp in logprobs)
+
+
+def run_sft(cfg: Config, out: Path, log: Callable[[dict[str, float], int], None],
+            state: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train until `sft.steps`, resuming from `out/checkpoint` when it exists; returns the
+    checkpoint folder and the training state saved in it. `log(metrics, step)` records progress;
+    `state` is stored in every checkpoint (e.g. the MLflow run id)."""
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from learners.group import LearnerGroup
+    from models.build import resolve_model
+
+    sft = cfg.sft
+    model_path = resolve_model(cfg.model, out)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    train = TraceStream(tokenizer, cfg.task, sft)
+    held_out = TraceStream(tokenizer, cfg.task, sft, split="eval").batch(0, sft.eval_traces)
+    learner_cfg = cfg.learner.model_copy(update={"optim": sft.optim})
+    group = LearnerGroup(model_path, learner_cfg, ranks=cfg.cluster.learners, cpus=cfg.cluster.learner_cpus,
+                         gpus=cfg.cluster.learner_gpus)
+    checkpoint = out / CHECKPOINT
+    record = {"data_position": 0, "step": 0, **(state or {})}
+    try:
+        if (checkpoint / "training_state.json").is_file():
+            record = {**record, **group.load(checkpoint)}
+        step, position = record["step"], record["data_position"]
+        saved = step
+        with tqdm(total=sft.steps, initial=step, desc="sft", unit="step", dynamic_ncols=True) as bar:
+            while step < sft.steps:
+                metrics = group.train_step(train.batch(position, sft.traces_per_step), "sft")
+                position += sft.traces_per_step
+                step += int(metrics["step_applied"])
+                metrics = {f"train/{k}": v for k, v in metrics.items()} | {"train/traces": position}
+                if step % sft.eval_every == 0 or step == sft.steps:
+                    metrics["eval/loss"] = eval_loss(group, held_out)
+                log(metrics, step)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['train/tokens'] / metrics['train/time_s']:.0f}")
+                bar.update(1)
+                if step % sft.save_every == 0 or step == sft.steps:
+                    record.update(step=step, data_position=position)
+                    group.save(checkpoint, record)
+                    saved = step
+        if saved != step:
+            group.save(checkpoint, record | {"step": step, "data_position": position})
+    finally:
+        group.shutdown()
+    return checkpoint, json.loads((checkpoint / "training_state.json").read_text())
+
+
+def accuracy(model_path: Path, cfg: Config, modes: tuple[str, ...] = ("unfold", "fold")) -> dict[str, float]:
+    """Greedy accuracy on the held-out built-in problems, per mode, with the vLLM generator."""
+    import asyncio
+
+    from actors.fold import RolloutRequest
+    from actors.generator import Generator
+    from rewards.answer import last_boxed
+
+    held_out = problems(cfg.task, "eval")
+    budget = max(cfg.sft.budgets) if cfg.sft.budgets else None  # the full-length budget trained, if any
+
+    async def run() -> dict[str, float]:
+        generator = Generator(model_path, cfg.generator, seed=cfg.task.seed)
+        try:
+            start = time.perf_counter()
+            await generator.start()
+            out = {"eval_engine_start_s": time.perf_counter() - start}
+            for mode in modes:
+                requests = [RolloutRequest(f"{mode}-{i}", p.question, mode, budget, temperature=0.0)
+                            for i, p in enumerate(held_out)]
+                start = time.perf_counter()
+                trajectories = await generator.rollout(requests)
+                correct = [last_boxed(t.response) == str(p.answer) for t, p in zip(trajectories, held_out)]
+                out[f"{mode}_accuracy"] = sum(correct) / len(held_out)
+                out[f"{mode}_eval_s"] = time.perf_counter() - start
+            return out
+        finally:
+            await generator.shutdown()
+
+    return asyncio.run(run())
