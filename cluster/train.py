@@ -47,7 +47,8 @@ class Trainer:
         self.trained_indices: list[int] = []
         self.ref_len: dict[int, int] = {}
         self.generated_tokens = 0
-        self.weights: tuple[int, list, str] | None = None
+        self.weights: tuple[int, list | None, str] | None = None  # (version, object-store refs or None: gloo, checksum)
+        self.channel: tuple = ()  # generators in the gloo weight-sync group, rank i+1 each
 
     # ---------------------------------------------------------------- set-up and tear-down
     @classmethod
@@ -84,7 +85,12 @@ class Trainer:
         if "checkpoint" in self.state:
             await asyncio.to_thread(self.learners.load, self.state["checkpoint"])
         self.rewards = RewardPool(cfg.reward, c.reward_workers, c.reward_cpus)
+        # Evaluation asks only "correct?": the plain Accordion reward, whatever the training reward is.
+        plain = cfg.reward.model_copy(update={"name": "accordion"})
+        self.checker = self.rewards if cfg.reward.name == "accordion" else RewardPool(plain, 1, c.reward_cpus)
         await asyncio.gather(*(g.start.remote() for g in self.generators))
+        if self.rl.sync_backend == "gloo":
+            await self.open_channel()
         uri = tracking_uri(cfg.tracking.uri, run_dir)
         self.tracker = Tracker(cfg, uri, cfg.tracking.experiment, self.state.get("mlflow_run_id"), cfg.tracking.run_name)
         return self
@@ -97,6 +103,8 @@ class Trainer:
             ray.kill(actor)
         self.learners.shutdown()
         self.rewards.shutdown()
+        if self.checker is not self.rewards:
+            self.checker.shutdown()
         for pg in self.groups.values():
             remove_placement_group(pg)
         self.tracker.close(status)
@@ -161,7 +169,10 @@ class Trainer:
         self.generators[slot] = fresh
         await fresh.start.remote()
         if self.weights is not None:
-            await fresh.update_weights.remote(*self.weights)
+            version, refs, digest = self.weights
+            if refs is None:  # gloo: it cannot join the old group; catch up from the object store (the group
+                refs, digest = await asyncio.to_thread(self.learners.sent_weights)  # is rebuilt at the next sync)
+            await fresh.update_weights.remote(version, refs, digest)
 
     # ---------------------------------------------------------------- learner side
     def samples(self, batch: list[Group]) -> list[dict]:
@@ -180,11 +191,53 @@ class Trainer:
             for traj, adv in zip(trajectories, advantages) for seg in traj.segments if seg.response_ids
         ]
 
+    async def open_channel(self) -> None:
+        """(Re)build the gloo weight-sync group: learner rank 0 plus every current generator, all joining
+        at once. A replaced generator cannot join a live group, so the whole group is rebuilt for it;
+        a dead one is replaced first (a member that never joins would hold the others until the timeout)."""
+        import ray
+
+        for slot, g in enumerate(list(self.generators)):
+            try:
+                await g.version.remote()
+            except ray.exceptions.RayActorError:
+                await self.replace(slot, g)
+        host, port = await asyncio.to_thread(self.learners.sync_address)
+        world = len(self.generators) + 1
+        await asyncio.gather(asyncio.to_thread(self.learners.join_sync, host, port, world),
+                             *(g.join_sync.remote(host, port, i + 1, world) for i, g in enumerate(self.generators)))
+        self.channel = tuple(self.generators)
+
     async def sync_weights(self) -> float:
-        """Stream the learner's weights to every generator in buckets; returns seconds taken."""
+        """Stream the learner's weights to every generator in buckets; returns seconds taken.
+
+        objstore: the driver puts the buckets once, every generator reads them. gloo: learner rank 0
+        broadcasts them over a side group (the protocol NCCL runs on GPUs), the driver sees only the checksum.
+        """
         import ray
 
         start = time.perf_counter()
+        if self.rl.sync_backend == "gloo":
+            if len(self.channel) != len(self.generators) or any(a is not b for a, b in zip(self.channel, self.generators)):
+                await self.open_channel()
+            members = self.channel
+            digest, *got = await asyncio.gather(
+                asyncio.to_thread(self.learners.send_weights, self.rl.bucket_mb << 20),
+                *(g.receive_weights.remote(self.step) for g in members), return_exceptions=True)
+            if not any(isinstance(r, ray.exceptions.RayActorError) for r in got):
+                for r in (digest, *got):
+                    if isinstance(r, BaseException):
+                        raise r
+                self.weights = (self.step, None, digest)
+                return time.perf_counter() - start
+            # A generator died mid-broadcast, which breaks the group for everyone: rebuild it at the next
+            # sync; the survivors that missed this version get it through the object store now.
+            self.channel = ()
+            buckets, digest = await asyncio.to_thread(self.learners.sent_weights)
+            self.weights = (self.step, [ray.put(b) for b in buckets], digest)
+            await asyncio.gather(*(g.update_weights.remote(*self.weights) for g, r in zip(members, got)
+                                   if isinstance(r, BaseException) and not isinstance(r, ray.exceptions.RayActorError)))
+            return time.perf_counter() - start
         buckets, digest = await asyncio.to_thread(self.learners.weight_buckets, self.rl.bucket_mb << 20)
         refs = [ray.put(b) for b in buckets]  # one copy in the object store, read by every generator
         self.weights = (self.step, refs, digest)
@@ -197,14 +250,14 @@ class Trainer:
 
         metrics: dict[str, float] = {}
         for mode in ("unfold", "fold"):
-            requests = [RolloutRequest(f"eval:{mode}:{i}", r["question"], mode, self.rl.budget if self.rl.budget != "auto" else None,
-                                       temperature=0.0) for i, r in enumerate(self.eval_records)]
+            requests = [RolloutRequest(f"eval:{mode}:{i}", r["question"], mode, self.rl.budget, temperature=0.0)
+                        for i, r in enumerate(self.eval_records)]
             shards = [requests[i :: len(self.generators)] for i in range(len(self.generators))]
             results = await asyncio.gather(*(g.rollout.remote(s) for g, s in zip(self.generators, shards) if s))
             trajectories = [t for shard in results for t in shard]
             by_id = {f"eval:{mode}:{i}": r for i, r in enumerate(self.eval_records)}
             items = [_reward_item(t, by_id[t.id], None, None) for t in trajectories]
-            scored = [x for chunk in await asyncio.gather(*self.rewards.score_async(items)) for x in chunk]
+            scored = [x for chunk in await asyncio.gather(*self.checker.score_async(items)) for x in chunk]
             metrics[f"eval/{mode}_accuracy"] = sum(s["correct"] for s in scored) / len(scored)
             metrics[f"eval/{mode}_tokens"] = sum(t.generated_tokens for t in trajectories) / len(trajectories)
             metrics[f"eval/{mode}_peak_context"] = sum(t.peak_context for t in trajectories) / len(trajectories)
