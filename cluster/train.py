@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -434,7 +435,9 @@ def main(argv: list[str], prog: str = "accordion train") -> int:
     import ray
 
     if not ray.is_initialized():
-        ray.init()  # joins RAY_ADDRESS / a local `ray start` cluster if there is one, else starts Ray here
+        # Inside `ray job submit` RAY_ADDRESS names the cluster (no runtime_env here: the job's applies);
+        # otherwise a private local Ray, never a stray one left running on this machine.
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"))
     trainer = asyncio.run(train(cfg, run_dir, state))
     print(f"trained {trainer.step} steps; run folder {run_dir}; MLflow run {trainer.tracker.run_id}")
     return 0

@@ -80,7 +80,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def actor(trained, tmp_path_factory):
     cache = tmp_path_factory.mktemp("vllm-cache")
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(cache)}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(cache)}})
     handle = GeneratorActor.remote(str(trained[0]), CFG)
     ray.get(handle.start.remote())
     yield handle

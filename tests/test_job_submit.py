@@ -70,10 +70,14 @@ def test_ray_job_submit_runs_a_short_training_job(ray_head, tmp_path):
         "reward.processes=1", "rl.steps=2", "rl.prompts_per_step=2", "rl.samples_per_prompt=2",
         "rl.eval_every=0", "rl.eval_size=2", "rl.bucket_mb=1",
     ]
-    proc = subprocess.run(
-        [str(Path(env["PATH"].split(":")[0]) / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-         "--", "python", "-m", "cluster.train", "--config", "configs/cluster.yaml", *overrides],
-        env=env, capture_output=True, text=True, timeout=900)
+    submit = [str(Path(env["PATH"].split(":")[0]) / "ray"), "job", "submit", "--address", address,
+              "--working-dir", str(ROOT), "--", "python", "-m", "cluster.train", "--config", "configs/cluster.yaml",
+              *overrides]
+    for _ in range(10):  # the head answers before its job agent is up: "No available agent to submit job"
+        proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in proc.stdout + proc.stderr:
+            break
+        time.sleep(5)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "succeeded" in proc.stdout + proc.stderr
     state = json.loads((run_dir / "state.json").read_text())
