@@ -5,6 +5,8 @@ trajectories run (the generator finishes in-flight segments on the old weights f
 """
 from __future__ import annotations
 
+import asyncio
+
 import ray
 
 from actors.fold import RolloutRequest, Trajectory
@@ -16,6 +18,8 @@ from configs.schema import GeneratorConfig
 class GeneratorActor:
     def __init__(self, model_path: str, cfg: GeneratorConfig, seed: int = 0):
         self.gen = Generator(model_path, cfg, seed)
+        self.channel = None  # the learner's GlooChannel (rl.sync_backend: gloo)
+        self.staged: list[bytes] = []
 
     async def start(self) -> int:
         """Start the engine; returns the KV-cache size in tokens."""
@@ -28,6 +32,29 @@ class GeneratorActor:
     async def update_weights(self, version: int, buckets: list, checksum: str) -> int:
         """`buckets`: safetensors bytes or ObjectRefs to them (Ray resolves only top-level refs)."""
         blobs = [await b if isinstance(b, ray.ObjectRef) else b for b in buckets]
+        await self.gen.update_weights(version, blobs, checksum)
+        return self.gen.version
+
+    async def join_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
+        """Join (or re-join, dropping the old group) the learner's `GlooChannel` as `rank`."""
+        from cluster.weight_sync import GlooChannel
+
+        self.channel = await asyncio.to_thread(GlooChannel, host, port, rank, world_size)
+
+    async def receive_weights(self, version: int) -> int:
+        """Receive the learner's broadcast (checksum first, then buckets) and load it as `version`.
+        Off the event loop, so rollouts go on while bytes arrive."""
+        digest, *blobs = await asyncio.to_thread(self.channel.receive)
+        await self.gen.update_weights(version, blobs, digest.decode())
+        return self.gen.version
+
+    def stage(self, bucket: bytes) -> int:
+        """Hold one bucket for `load_staged` (the per-tensor delivery pattern `accordion bench sync` measures)."""
+        self.staged.append(bucket)
+        return len(self.staged)
+
+    async def load_staged(self, version: int, checksum: str) -> int:
+        blobs, self.staged = self.staged, []
         await self.gen.update_weights(version, blobs, checksum)
         return self.gen.version
 

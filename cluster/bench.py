@@ -7,6 +7,8 @@ import sys
 # name -> (module with main(argv, prog), one-line help)
 BENCHES: dict[str, tuple[str, str]] = {
     "fold": ("actors.bench_fold", "Fold vs Unfold generation throughput at one KV-cache budget"),
+    "sync": ("cluster.bench_sync", "bucketed vs per-tensor weight sync, learner -> generator, ~100 M params"),
+    "async": ("cluster.bench_async", "the RL loop synchronous vs asynchronous (max_staleness), trajectories/s"),
 }
 
 

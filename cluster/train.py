@@ -242,7 +242,11 @@ class Trainer:
         buckets, digest = await asyncio.to_thread(self.learners.weight_buckets, self.rl.bucket_mb << 20)
         refs = [ray.put(b) for b in buckets]  # one copy in the object store, read by every generator
         self.weights = (self.step, refs, digest)
-        await asyncio.gather(*(g.update_weights.remote(*self.weights) for g in self.generators))
+        done = await asyncio.gather(*(g.update_weights.remote(*self.weights) for g in self.generators),
+                                    return_exceptions=True)
+        for r in done:  # a generator that died is replaced by `replace`, which gives it `self.weights`
+            if isinstance(r, BaseException) and not isinstance(r, ray.exceptions.RayActorError):
+                raise r
         return time.perf_counter() - start
 
     async def evaluate(self) -> dict[str, float]:

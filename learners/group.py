@@ -99,6 +99,25 @@ class LearnerGroup:
         """The weights as `cluster.weight_sync` buckets and their checksum, for the generators."""
         return self._call("weight_buckets", bucket_bytes)[0]
 
+    def sync_address(self) -> tuple[str, int]:
+        """Rank 0's node address and a free port there, for a `GlooChannel` to the generators."""
+        import ray
+
+        return ray.get(self.actors[0].sync_address.remote())
+
+    def join_sync(self, host: str, port: int, world_size: int) -> None:
+        """Rank 0 joins the channel as its rank 0; blocks until every member joined (call it from a
+        thread while the generators join)."""
+        self._call("join_sync", host, port, world_size)
+
+    def send_weights(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> str:
+        """Broadcast the weights over the channel; the generators must be receiving. Returns the checksum."""
+        return self._call("send_weights", bucket_bytes)[0]
+
+    def sent_weights(self) -> tuple[list[bytes], str] | None:
+        """The buckets and checksum last sent over the channel (None before the first send)."""
+        return self._call("sent_weights")[0]
+
     def save(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
         """A checkpoint that transformers/vLLM load as a model folder; see `Learner.save`."""
         self._call("save", str(path), dict(state or {}))

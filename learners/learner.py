@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from cluster.weight_sync import checksum, to_buckets
+from cluster.weight_sync import GlooChannel, checksum, to_buckets
 from configs.schema import LearnerConfig, OptimConfig
 from learners import algos
 from learners.batch import BatchError, Sample, as_samples, collate, split_by_tokens, validate
@@ -93,6 +93,8 @@ class Learner:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(cfg))
         self.device = self.engine.device
         self.step = 0  # optimizer steps applied
+        self._channel: GlooChannel | None = None  # weight sync to the generators (rank 0)
+        self._sent: tuple[list[bytes], str] | None = None  # what it last sent, for a replaced generator
 
     # ---- batches -------------------------------------------------------------------------------
 
@@ -250,6 +252,37 @@ class Learner:
         if state is None:
             return None
         return list(to_buckets(state.items(), bucket_bytes)), checksum(state.items())
+
+    # ---- weight sync over a side group (rank 0 only acts; the same protocol NCCL runs on GPUs) ----
+
+    def sync_address(self) -> tuple[str, int] | None:
+        """Rank 0: this node's address and a free port for the weight-sync group's TCP store."""
+        import socket
+
+        if self.rank:
+            return None
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return os.environ["MASTER_ADDR"], s.getsockname()[1]
+
+    def join_sync(self, host: str, port: int, world_size: int) -> None:
+        """Rank 0 joins (or re-joins, dropping the old group) the `GlooChannel` as its rank 0."""
+        if not self.rank:
+            self._channel = GlooChannel(host, port, 0, world_size)
+
+    def send_weights(self, bucket_bytes: int) -> str | None:
+        """Broadcast the weights over the channel (checksum first, then the buckets); returns the checksum
+        on rank 0. Collective (ZeRO-3 gathers). The buckets are kept for `sent_weights`."""
+        sent = self.weight_buckets(bucket_bytes)
+        if sent is None:
+            return None
+        self._sent = sent
+        self._channel.send([sent[1].encode(), *sent[0]])
+        return sent[1]
+
+    def sent_weights(self) -> tuple[list[bytes], str] | None:
+        """Rank 0: the buckets and checksum last sent, for a generator that was not in the group."""
+        return self._sent
 
     def save(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
         """A Hugging Face folder (weights, config, tokenizer) that vLLM and transformers load as is,

@@ -1,0 +1,77 @@
+"""`accordion bench async`: the RL loop synchronous (`rl.max_staleness: 0`) vs asynchronous, back to back.
+
+Both arms run the same config for the same number of steps (so the same number of trained trajectories)
+in this process, each in a fresh run folder: `Trainer.start` (engine start and actor set-up are not
+timed), then `Trainer.run` timed (it ends with one evaluation and one checkpoint, the same in both arms),
+then shutdown. Throughput = trajectories trained / seconds in `run`.
+
+Default config: 1 learner rank and 1 generator, 1 CPU each, an untrained tiny model (nothing to download),
+Unfold rollouts of up to `--tokens` tokens. Asynchrony can only help when generation and training take
+comparable time and run on different cores: pick `--tokens` / model size so they balance on your machine
+(`perf/wait_for_rollouts_s` vs the rest of `perf/step_s` in the arms' MLflow runs tells you which side waits).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from cluster.cli import add_config_arguments
+
+
+def main(argv: list[str], prog: str) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--staleness", type=int, default=2, help="rl.max_staleness of the async arm")
+    parser.add_argument("--tokens", type=int, default=128, help="generator.max_tokens (Unfold)")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    import ray
+
+    from configs.schema import ModelConfig
+    from models.build import build_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="bench-async-"))
+    model = build_tiny_model(ModelConfig(), work / "model")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"),
+                 runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(work / "vllm")}})
+    base = {"model.path": model, "rl.steps": args.steps, "rl.mode": "unfold", "rl.eval_every": 0, "rl.eval_size": 2,
+            "rl.save_every": args.steps, "rl.prompts_per_step": 4, "rl.samples_per_prompt": 4,
+            "generator.max_tokens": args.tokens, "generator.max_model_len": 512, "generator.max_prompt_tokens": 256,
+            "generator.segment_tokens": min(args.tokens, 256), "cluster.learners": 1, "cluster.learner_cpus": 1,
+            "cluster.generators": 1, "cluster.generator_cpus": 1, "reward.processes": 1}
+    result: dict = {"settings": {**{k: str(v) for k, v in base.items()}, "overrides": args.overrides}}
+    for arm, staleness in (("sync", 0), ("async", args.staleness)):
+        overrides = [f"{k}={v}" for k, v in {**base, "rl.max_staleness": staleness, "run_dir": work / arm}.items()]
+        seconds, trained = asyncio.run(timed_run([*overrides, *args.overrides], args.config))
+        result[f"{arm}_samples_per_s"] = trained / seconds
+        result[f"{arm}_run_s"] = seconds
+        print(f"{arm:<6} max_staleness {staleness}: {trained} trajectories in {seconds:.1f} s "
+              f"= {trained / seconds:.2f}/s")
+    result["ratio"] = result["async_samples_per_s"] / result["sync_samples_per_s"]
+    result["settings"]["async_max_staleness"] = args.staleness
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"ratio async/sync {result['ratio']:.2f}\nwrote {args.out}")
+    return 0
+
+
+async def timed_run(overrides: list[str], config: str | None) -> tuple[float, int]:
+    from cluster.train import Trainer, prepare_run
+
+    cfg, run_dir, state = prepare_run(config, overrides, None)
+    trainer = await Trainer.start(cfg, run_dir, state)
+    try:
+        start = time.perf_counter()
+        await trainer.run()
+        seconds = time.perf_counter() - start
+    finally:
+        await trainer.shutdown()
+    return seconds, len(trainer.trained_indices) * cfg.rl.samples_per_prompt

