@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,29 +36,37 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Tracker:
-    """A thin handle on one MLflow run. `run_id=None` starts a new run; a given id resumes it."""
+    """A handle on one MLflow run. `run_id=None` starts a new run; a given id resumes it.
+
+    It talks to its store through its own `MlflowClient`, never MLflow's process-global active
+    run or URI: an SFT stage and an RL job in one process each keep their own store."""
 
     def __init__(self, config: Config, uri: str, experiment: str, run_id: str | None = None, run_name: str = ""):
-        import mlflow
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
 
-        self._mlflow = mlflow
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment)
-        self.run = mlflow.start_run(run_id=run_id, run_name=run_name or None)
-        self.run_id = self.run.info.run_id
+        self._client, self._metric = MlflowClient(uri), Metric
         if run_id is None:
+            found = self._client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self._client.create_experiment(experiment)
+            run_id = self._client.create_run(experiment_id, run_name=run_name or None).info.run_id
             params = flatten(config.model_dump(mode="json"))
-            mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
+            self._client.log_batch(run_id, params=[
+                Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()])
+        else:
+            self._client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        now = int(time.time() * 1000)
+        self._client.log_batch(self.run_id, metrics=[self._metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
-            self._mlflow.log_artifacts(str(path), artifact_path=folder)
+            self._client.log_artifacts(self.run_id, str(path), artifact_path=folder)
         else:
-            self._mlflow.log_artifact(str(path), artifact_path=folder)
+            self._client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
     def close(self, status: str = "FINISHED") -> None:
-        self._mlflow.end_run(status=status)
+        self._client.set_terminated(self.run_id, status=status)
