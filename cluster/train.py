@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -114,9 +115,7 @@ class Trainer:
     def record(self, index: int) -> dict:
         """Data position -> record: each epoch is a fresh seeded permutation, so a position is stable on resume."""
         epoch, k = divmod(index, len(self.records))
-        order = list(range(len(self.records)))
-        random.Random(f"{self.rl.seed}:epoch:{epoch}").shuffle(order)
-        return self.records[order[k]]
+        return self.records[_epoch_order(self.rl.seed, epoch, len(self.records))[k]]
 
     def mode(self, index: int) -> str:
         """Mix-RL alternates by step: the step a position belongs to decides its mode."""
@@ -336,6 +335,14 @@ class Trainer:
                                     "correct": s["correct"], "response": t.response,
                                     "summaries_only": [seg.text for seg in t.segments]}) + "\n")
         self.tracker.artifact(path, "samples")
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(seed: int, epoch: int, size: int) -> list[int]:
+    """The seeded permutation of one epoch, computed once per epoch instead of once per group."""
+    order = list(range(size))
+    random.Random(f"{seed}:epoch:{epoch}").shuffle(order)
+    return order
 
 
 def _reasoning_tokens(trajectory: Any) -> int:
