@@ -61,10 +61,17 @@ class Segment:
     logprobs: list[float]
     """Sampling logprob of each response token (same length as `response_ids`)."""
     version: int
-    """Policy version that generated every token of this segment."""
+    """Policy version that generated its first token (the one staleness is counted from)."""
     finish_reason: str
     """'stop' (stop token or EOS) or 'length' (hit the segment's max tokens)."""
     text: str
+    last_version: int | None = None
+    """Version of its last token: newer than `version` when a weight update interrupted the segment
+    and it went on under the new weights (each token's logprob is from the weights that sampled it)."""
+
+    def __post_init__(self) -> None:
+        if self.last_version is None:
+            self.last_version = self.version
 
 
 @dataclass

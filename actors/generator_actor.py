@@ -1,7 +1,7 @@
 """`GeneratorActor`: the Ray shell around `actors.generator.Generator` (one engine per actor).
 
 Methods are async, so one actor serves rollouts concurrently and a weight update can arrive while
-trajectories run (the generator finishes in-flight segments on the old weights first).
+trajectories run (running segments are interrupted and go on under the new weights).
 """
 from __future__ import annotations
 

@@ -5,10 +5,12 @@ in this process, each in a fresh run folder: `Trainer.start` (engine start and a
 timed), then `Trainer.run` timed (it ends with one evaluation and one checkpoint, the same in both arms),
 then shutdown. Throughput = trajectories trained / seconds in `run`.
 
-Default config: 1 learner rank and 1 generator, 1 CPU each, an untrained tiny model (nothing to download),
-Unfold rollouts of up to `--tokens` tokens. Asynchrony can only help when generation and training take
-comparable time and run on different cores: pick `--tokens` / model size so they balance on your machine
-(`perf/wait_for_rollouts_s` vs the rest of `perf/step_s` in the arms' MLflow runs tells you which side waits).
+Default config: 1 learner rank and 1 generator, 1 CPU each (the engine pinned to the last core:
+`generator.cpu_ids`), an untrained tiny model (nothing to download),
+Unfold rollouts of up to `--tokens` tokens, `--prompts` x 4 per step. Asynchrony can only help when
+generation and training take comparable time and run on different cores. Decoding a batch costs about the
+same for 16 or 32 sequences of a tiny model while training cost grows with them, so `--prompts` balances the
+two (`perf/wait_for_rollouts_s` vs `train/time_s` in the arms' MLflow runs tells you which side waits).
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ from cluster.cli import add_config_arguments
 def main(argv: list[str], prog: str) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--staleness", type=int, default=2, help="rl.max_staleness of the async arm")
     parser.add_argument("--tokens", type=int, default=128, help="generator.max_tokens (Unfold)")
+    parser.add_argument("--prompts", type=int, default=8, help="rl.prompts_per_step (4 samples each)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -44,10 +47,12 @@ def main(argv: list[str], prog: str) -> int:
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"),
                  runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(work / "vllm")}})
     base = {"model.path": model, "rl.steps": args.steps, "rl.mode": "unfold", "rl.eval_every": 0, "rl.eval_size": 2,
-            "rl.save_every": args.steps, "rl.prompts_per_step": 4, "rl.samples_per_prompt": 4,
+            "rl.save_every": args.steps, "rl.prompts_per_step": args.prompts, "rl.samples_per_prompt": 4,
             "generator.max_tokens": args.tokens, "generator.max_model_len": 512, "generator.max_prompt_tokens": 256,
             "generator.segment_tokens": min(args.tokens, 256), "cluster.learners": 1, "cluster.learner_cpus": 1,
             "cluster.generators": 1, "cluster.generator_cpus": 1, "reward.processes": 1}
+    if (os.cpu_count() or 1) > 1:
+        base["generator.cpu_ids"] = [os.cpu_count() - 1]  # keep the engine's busy-polling off the learner's core
     result: dict = {"settings": {**{k: str(v) for k, v in base.items()}, "overrides": args.overrides}}
     for arm, staleness in (("sync", 0), ("async", args.staleness)):
         overrides = [f"{k}={v}" for k, v in {**base, "rl.max_staleness": staleness, "run_dir": work / arm}.items()]

@@ -90,7 +90,8 @@ class Trainer:
         # Evaluation asks only "correct?": the plain Accordion reward, whatever the training reward is.
         plain = cfg.reward.model_copy(update={"name": "accordion"})
         self.checker = self.rewards if cfg.reward.name == "accordion" else RewardPool(plain, 1, c.reward_cpus)
-        await asyncio.gather(*(g.start.remote() for g in self.generators))
+        await asyncio.gather(*(g.start.remote() for g in self.generators),
+                             *(pool.warm_up() for pool in {self.rewards, self.checker}))
         if self.rl.sync_backend == "gloo":
             await self.open_channel()
         uri = tracking_uri(cfg.tracking.uri, run_dir)
@@ -176,19 +177,25 @@ class Trainer:
 
     # ---------------------------------------------------------------- learner side
     def samples(self, batch: list[Group]) -> list[dict]:
-        """One sample per segment; each carries its trajectory's group-relative advantage."""
+        """One sample per segment; each carries its trajectory's group-relative advantage. In policy mode
+        the first segment's first token (the budget choice) carries the advantage of CHRPO's control reward."""
         import torch
 
         from learners.algos import group_advantages
 
-        rewards = torch.tensor([s["reward"] for g in batch for s in g.rewards])
+        scored = [s for g in batch for s in g.rewards]
         group_ids = torch.tensor([i for i, g in enumerate(batch) for _ in g.rewards])
-        advantages = group_advantages(rewards, group_ids, self.rl.scale_advantage_by_std).tolist()
+        advantage = lambda key: group_advantages(  # noqa: E731
+            torch.tensor([float(s[key]) for s in scored]), group_ids, self.rl.scale_advantage_by_std).tolist()
+        advantages = advantage("reward")
+        policy = all(s.get("control_reward") is not None for s in scored)
+        firsts = advantage("control_reward") if policy else [None] * len(scored)
         trajectories = [t for g in batch for t in g.trajectories]
         return [
             {"prompt_ids": seg.prompt_ids, "response_ids": seg.response_ids, "advantage": adv,
-             "rollout_logprobs": seg.logprobs}
-            for traj, adv in zip(trajectories, advantages) for seg in traj.segments if seg.response_ids
+             "first_advantage": first if k == 0 else None, "rollout_logprobs": seg.logprobs}
+            for traj, adv, first in zip(trajectories, advantages, firsts)
+            for k, seg in enumerate(traj.segments) if seg.response_ids
         ]
 
     async def open_channel(self) -> None:
@@ -377,6 +384,8 @@ def rollout_metrics(batch: list[Group], version: int) -> dict[str, float]:
         "rollout/peak_context": sum(t.peak_context for t in trajectories) / n,
         "rollout/unfold_context": sum(t.unfold_context for t in trajectories) / n,
         "rollout/segments": sum(len(t.segments) for t in trajectories) / n,
+        # Segments a weight update interrupted; they went on under the newer weights.
+        "rollout/interrupted_segments": sum(s.last_version > s.version for t in trajectories for s in t.segments),
         "queue/staleness_mean": sum(version - 1 - g.version for g in batch) / len(batch),
         "queue/staleness_max": max(version - 1 - g.version for g in batch),
     }

@@ -135,6 +135,10 @@ class GeneratorConfig(Section):
     """Engine weights and activations; float32 keeps rollout logprobs close to the learner's."""
     enforce_eager: bool = True
     """Skip graph compilation: engine start ~30 s instead of ~70 s on CPU."""
+    cpu_ids: list[int] | None = None
+    """CPU only: pin the engine (its scheduler and model worker) to these cores. vLLM-CPU's scheduler
+    busy-polls its worker and takes a whole core of its own while generating; pinned, it shares the
+    worker's cores and leaves the others to the learners (e.g. [1] on a 2-core machine). None: unpinned."""
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> GeneratorConfig:

@@ -52,11 +52,11 @@ def policy_loss(
     """PPO clipped surrogate with an asymmetric clip range (DAPO's clip-higher: 0.2 / 0.28).
 
     logprobs (B, L) of the current policy (with grad); old_logprobs (B, L) of the policy that the
-    update started from; advantages (B,). Returns per-token loss (B, L) and a float mask (B, L) of the
-    tokens where the clip was active (its gradient is zero there).
+    update started from; advantages (B,) per sequence or (B, L) per token. Returns per-token loss
+    (B, L) and a float mask (B, L) of the tokens where the clip was active (its gradient is zero there).
     """
     ratio = torch.exp(logprobs - old_logprobs)
-    adv = advantages[:, None]
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     return torch.maximum(unclipped, clipped), (clipped > unclipped).float()

@@ -26,12 +26,14 @@ class Sample:
     - `rollout_logprobs`: what the generator sampled with; with `learner.tis_cap` they give the
       truncated importance weight against `old_logprobs` (or the current logprobs).
     - `ref_logprobs`: the reference model's, required when `learner.kl_coef` > 0.
-    `advantage` is unused by the SFT loss.
+    `advantage` is unused by the SFT loss. `first_advantage`, when given, replaces it on response token 0:
+    the budget-choice token of a policy-mode (`<COMP_AUTO>`) rollout, which CHRPO rewards on its own.
     """
 
     prompt_ids: list[int]
     response_ids: list[int]
     advantage: float = 0.0
+    first_advantage: float | None = None
     old_logprobs: list[float] | None = None
     rollout_logprobs: list[float] | None = None
     ref_logprobs: list[float] | None = None
@@ -75,8 +77,8 @@ def validate(samples: Sequence[Sample], max_length: int, need: Sequence[str] = (
             raise BatchError(f"sample {i}: response_ids is empty (the loss needs at least one response token)")
         if not s.prompt_ids:
             raise BatchError(f"sample {i}: prompt_ids is empty (the first response token needs a context)")
-        if not math.isfinite(s.advantage):
-            raise BatchError(f"sample {i}: advantage is {s.advantage}")
+        if not math.isfinite(s.advantage) or (s.first_advantage is not None and not math.isfinite(s.first_advantage)):
+            raise BatchError(f"sample {i}: advantage is {s.advantage}, first_advantage {s.first_advantage}")
         for name in LOGPROB_FIELDS:
             values = getattr(s, name)
             if values is None:
@@ -124,7 +126,8 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors of a micro-batch; an empty list gives one masked dummy row.
 
     Returns input_ids, attention_mask (B, T); and per response position (B, L): response_ids, mask,
-    advantage (B,), and each logprob field present in every sample (zeros where padded).
+    advantage (each sample's, `first_advantage` on token 0 where given), and each logprob field present
+    in every sample (zeros where padded).
     `positions` (B, L) indexes the logits that predict each response token (T-axis index - 1).
     """
     if not samples:
@@ -140,6 +143,7 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     positions = torch.zeros(B, L, dtype=torch.long)
     response = torch.full((B, L), pad_id, dtype=torch.long)
     mask = torch.zeros(B, L)
+    advantage = torch.zeros(B, L)
     out: dict[str, torch.Tensor] = {}
     for b, s in enumerate(samples):
         ids = s.prompt_ids + s.response_ids
@@ -149,6 +153,9 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
         positions[b, :r] = torch.arange(p - 1, p + r - 1)
         response[b, :r] = torch.tensor(s.response_ids)
         mask[b, :r] = 0.0 if dummy else 1.0
+        advantage[b, :r] = s.advantage
+        if s.first_advantage is not None:
+            advantage[b, 0] = s.first_advantage
     for name in LOGPROB_FIELDS:
         if all(getattr(s, name) is not None for s in samples):
             values = torch.zeros(B, L)
@@ -157,6 +164,6 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
             out[name] = values
     out.update(
         input_ids=input_ids, attention_mask=attention, positions=positions, response_ids=response, mask=mask,
-        advantage=torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        advantage=advantage,
     )
     return out

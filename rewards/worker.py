@@ -7,6 +7,8 @@ chunk (scoring is idempotent), so a batch is never lost to one bad item or one d
 """
 from __future__ import annotations
 
+import asyncio
+
 import ray
 
 from configs.schema import RewardConfig
@@ -44,6 +46,11 @@ class RewardPool:
     def score(self, items: list[dict]) -> list[dict]:
         """Scored items in input order (see `rewards.scorer` for the fields added)."""
         return [item for chunk in ray.get(self.score_async(items)) for item in chunk]
+
+    async def warm_up(self) -> None:
+        """Score one answer on every worker: actors built, verifier processes up and math-verify's slow
+        first parse done, so the first training step does not pay for them (and a broken worker fails now)."""
+        await asyncio.gather(*(w.score.remote([{"response": "\\boxed{1/2}", "answer": "0.5"}]) for w in self.workers))
 
     def stats(self) -> list[dict[str, float]]:
         """Each worker's sandbox counters (calls, timeouts, crashes, restarts, max_call_s, alive)."""

@@ -51,6 +51,9 @@ def test_policy_loss_clips_asymmetrically():
     # A < 0: the pessimistic side is max(r, clip(r)) * |A| -> 1.5, 0.8 (clipped), 1.1.
     assert torch.allclose(loss_neg, torch.tensor([[3.0, 1.6, 2.2]]))
     assert clipped_neg.tolist() == [[0.0, 1.0, 0.0]]
+    # Per-token advantages: the same surrogate position by position.
+    per_token, _ = policy_loss(logprobs, old, torch.tensor([[2.0, -2.0, 2.0]]), clip_low=0.2, clip_high=0.28)
+    assert torch.allclose(per_token, torch.tensor([[-2.56, 1.6, -2.2]]))
 
 
 def test_policy_loss_gradient_is_zero_where_clipped():

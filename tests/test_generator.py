@@ -6,6 +6,7 @@ Unfold only), so it really closes steps, folds and answers; arithmetic may still
 import json
 import math
 import random
+import time
 
 import pytest
 import ray
@@ -196,11 +197,17 @@ def test_weight_update_changes_outputs_like_a_fresh_engine(actor, trained, tmp_p
                                torch.tensor([x for s in segments for x in s.logprobs]), rtol=1e-4, atol=1e-5)
 
 
-def test_update_during_rollouts_keeps_each_segment_on_one_version(actor, trained):
+def test_update_interrupts_running_segments_which_go_on_under_the_new_weights(actor, trained):
     version = ray.get(actor.version.remote())
     rollout = actor.rollout.remote(requests("fold", tag="-live") + requests("unfold", tag="-live"))
+    time.sleep(0.3)  # let the rollouts get under way
     named = perturbed(trained[1], seed=2)
     assert ray.get(actor.update_weights.remote(version + 1, list(to_buckets(named)), checksum(named))) == version + 1
     trajs = ray.get(rollout)
-    # In-flight segments finished on the old weights; later segments ran on the new ones.
-    assert all(t.versions == sorted(t.versions) and set(t.versions) <= {version, version + 1} for t in trajs)
+    segments = [s for t in trajs for s in t.segments]
+    assert all(version <= s.version <= s.last_version <= version + 1 for s in segments)
+    assert any(s.version < s.last_version for s in segments), "no segment was running when the update came"
+    assert all(s.finish_reason in ("stop", "length") and len(s.logprobs) == len(s.response_ids) for s in segments)
+    assert all(len(s.response_ids) <= (CFG.segment_tokens if t.mode == "fold" else CFG.max_tokens)
+               for t in trajs for s in t.segments)
+    assert all(t.versions == sorted(t.versions) for t in trajs)

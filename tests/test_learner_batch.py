@@ -57,6 +57,13 @@ def test_collate_aligns_positions_with_the_tokens_they_predict():
     assert dummy["mask"].sum() == 0 and dummy["input_ids"].shape == (1, 2)
 
 
+def test_collate_puts_the_budget_choice_advantage_on_response_token_0_only():
+    mb = collate([Sample([5], [8, 9, 10], 1.0, first_advantage=-0.5), Sample([5], [8, 9], 2.0)], pad_id=0)
+    assert mb["advantage"].tolist() == [[-0.5, 1.0, 1.0], [2.0, 2.0, 0.0]]
+    with pytest.raises(BatchError, match="sample 0: .*first_advantage nan"):
+        validate([Sample([1], [2], 1.0, first_advantage=float("nan"))], 10)
+
+
 def test_lr_warms_up_then_decays_to_the_floor():
     cfg = OptimConfig(lr=1.0, warmup_steps=4, decay_steps=10, min_lr_ratio=0.1)
     assert [lr_factor(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
