@@ -113,8 +113,10 @@ def step_spans(k: int, x: int, sign: str, b: int) -> list[Span]:
                 (",", NARRATION), (f"{ones_x + 10 * borrow} - {ones_b} = {digit}", DIGITS)]
         tens_work = f"{tens_x} - {tens_b} - {borrow} = {tens}"
     result = 10 * tens + digit
+    # The step opens by restating its operation word for word as the question gives it: a tiny model
+    # learns that copy quickly, where finding op k's operand while writing `x sign b` it learns slowly.
     return [
-        (f"op {k} :", LABEL), (f"{x} {sign} {b}", OPERATION), (".", NARRATION),
+        (f"op {k} : {sign} {b} .", OPERATION), (f"{x} {sign} {b}", OPERATION), (".", NARRATION),
         *ones, (". tens :", LABEL), (tens_work, DIGITS),
         (". so x =", NARRATION), (str(result), RESULT), (".", NARRATION),
     ]
