@@ -138,6 +138,9 @@ class Generator:
     """One vLLM engine and the trajectories running on it. `await start()` (or the first rollout) starts it."""
 
     def __init__(self, model_path: str | Path, cfg: GeneratorConfig, seed: int = 0):
+        allowed = os.sched_getaffinity(0)
+        if cfg.cpu_ids and not set(cfg.cpu_ids) <= allowed:
+            raise ValueError(f"generator.cpu_ids {cfg.cpu_ids}: this process may only use cores {sorted(allowed)}")
         self.path, self.cfg, self.seed = Path(model_path), cfg, seed
         self.tokenizer = check_model_folder(self.path)
         self.layout = weight_layout(self.path)

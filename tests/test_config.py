@@ -88,3 +88,14 @@ def test_cli_help_lists_commands():
     proc = subprocess.run([sys.executable, "-m", "cluster.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "init-model" in proc.stdout and "task" in proc.stdout
+
+
+def test_generator_cpu_ids_must_be_cores_this_process_may_use():
+    import os
+
+    from actors.generator import Generator
+    from configs.schema import GeneratorConfig
+
+    bad = max(os.sched_getaffinity(0)) + 1
+    with pytest.raises(ValueError, match=rf"generator.cpu_ids \[{bad}\]: this process may only use cores"):
+        Generator("no-model-needed", GeneratorConfig(cpu_ids=[bad]))
