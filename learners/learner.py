@@ -246,12 +246,15 @@ class Learner:
                 return None
             return {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
 
-    def weight_buckets(self, bucket_bytes: int) -> tuple[list[bytes], str] | None:
-        """The weights as `cluster.weight_sync` buckets plus their checksum, on rank 0."""
+    def weight_buckets(self, bucket_bytes: int) -> tuple[list, str] | None:
+        """On rank 0: the weights as `cluster.weight_sync` buckets, put in the object store from here
+        (the driver passes the refs on and never holds the bytes), plus their checksum."""
+        import ray
+
         state = self.full_state()
         if state is None:
             return None
-        return list(to_buckets(state.items(), bucket_bytes)), checksum(state.items())
+        return [ray.put(b) for b in to_buckets(state.items(), bucket_bytes)], checksum(state.items())
 
     # ---- weight sync over a side group (rank 0 only acts; the same protocol NCCL runs on GPUs) ----
 
@@ -273,16 +276,19 @@ class Learner:
     def send_weights(self, bucket_bytes: int) -> str | None:
         """Broadcast the weights over the channel (checksum first, then the buckets); returns the checksum
         on rank 0. Collective (ZeRO-3 gathers). The buckets are kept for `sent_weights`."""
-        sent = self.weight_buckets(bucket_bytes)
-        if sent is None:
+        state = self.full_state()
+        if state is None:
             return None
-        self._sent = sent
-        self._channel.send([sent[1].encode(), *sent[0]])
-        return sent[1]
+        buckets, digest = list(to_buckets(state.items(), bucket_bytes)), checksum(state.items())
+        self._sent = buckets, digest
+        self._channel.send([digest.encode(), *buckets])
+        return digest
 
-    def sent_weights(self) -> tuple[list[bytes], str] | None:
-        """Rank 0: the buckets and checksum last sent, for a generator that was not in the group."""
-        return self._sent
+    def sent_weights(self) -> tuple[list, str] | None:
+        """Rank 0: the buckets (object refs) and checksum last sent, for a generator that was not in the group."""
+        import ray
+
+        return None if self._sent is None else ([ray.put(b) for b in self._sent[0]], self._sent[1])
 
     def save(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
         """A Hugging Face folder (weights, config, tokenizer) that vLLM and transformers load as is,

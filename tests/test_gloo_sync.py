@@ -51,9 +51,9 @@ def test_gloo_sync_equals_object_store_sync(tmp_path):
         assert digest == checksum(learners.state_dict().items()) == learners.sent_weights()[1]
         over_gloo = greedy(actor)
 
-        buckets, same = learners.weight_buckets(1 << 16)
+        refs, same = learners.weight_buckets(1 << 16)
         assert same == digest
-        assert ray.get(actor.update_weights.remote(2, [ray.put(b) for b in buckets], same)) == 2
+        assert ray.get(actor.update_weights.remote(2, refs, same)) == 2
         assert greedy(actor) == over_gloo != before
         ray.get(actor.shutdown.remote())
     finally:

@@ -1,5 +1,6 @@
 """Two real DeepSpeed ranks (gloo) in real Ray actors on a tiny model: one Ray start for the module."""
 import pytest
+import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -20,8 +21,6 @@ results: dict = {}
 
 @pytest.fixture(scope="module")
 def ray_local():
-    import ray
-
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
@@ -78,7 +77,8 @@ def test_zero2_trains_gathers_saves_and_rejects_bad_input(ray_local, model_dir, 
     assert set(missing) <= {"lm_head.weight"} and not unexpected
     for mine, theirs in zip(learners.recompute_logprobs(batch), hf_logprobs(fresh, batch)):
         assert torch.allclose(torch.tensor(mine), theirs, atol=1e-5)
-    buckets, digest = learners.weight_buckets(bucket_bytes=64 << 10)
+    refs, digest = learners.weight_buckets(bucket_bytes=64 << 10)
+    buckets = ray.get(refs)
     synced = {k: v for b in buckets for k, v in from_bucket(b).items()}
     assert len(buckets) > 1 and checksum(synced.items()) == digest == checksum(state.items())
 
