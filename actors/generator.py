@@ -6,13 +6,18 @@ segment as a fresh request stopped at `</step>`; the finished request frees its 
 next segment re-prefills question + summaries (contiguous positions, prefix cache reuses the shared
 part), so the cache a trajectory holds is bounded by its folded context, not by all it generated.
 
-Weight updates interrupt generation instead of waiting for it (as AReaL does): the engine is paused
-with every running request aborted, the weights are loaded, the prefix cache is dropped (its KV came
-from the old weights), `version` is bumped and each interrupted segment is resubmitted as prompt +
-the tokens it already had, so it goes on under the new weights from where it stopped. A long
-generation therefore never holds the trainer, and nothing is thrown away. Every token keeps the
-logprob of the weights that sampled it; `Segment.version` is the version of its first token (what
-staleness counts), `Segment.last_version` that of its last. Weights arrive as safetensors buckets
+Weight updates never wait for running generations; `generator.on_update` says what happens to them.
+`recompute` (AReaL): the engine is paused with every running request aborted, the weights are loaded,
+`version` is bumped and each interrupted segment is resubmitted as prompt + the tokens it already had,
+so it goes on under the new weights from where it stopped, its KV recomputed (a re-prefill of every
+running sequence per update). `keep` (PipelineRL's in-flight update): running requests are frozen with
+their KV cache, the weights swapped under them, and they go on; nothing is recomputed, and a segment's
+later tokens are sampled by the new weights over KV the old ones wrote. Either way nothing is thrown
+away, every token keeps the logprob it was sampled with (what the learner's importance correction
+uses), `Segment.version` is the version of its first token (what staleness counts) and
+`Segment.last_version` that of its last. Every request carries its weight version as vLLM's
+`cache_salt`, so a new request never reuses prefix-cache KV written by other weights.
+Weights arrive as safetensors buckets
 (`cluster.weight_sync`) through the Ray object store or a gloo group; a GPU path (NCCL group or CUDA
 IPC into the workers) would feed the same `reload_weights`.
 """
@@ -303,8 +308,9 @@ class Generator:
             request_id = f"{trajectory_id}/{index}/{next(self._request_numbers)}"  # ids may recur across rollouts
             remaining = params.clone()
             remaining.max_tokens = params.max_tokens - len(ids)
+            prompt = {"prompt_token_ids": prompt_ids + ids, "cache_salt": f"v{current}"}
             out = None
-            async for out in self.engine.generate({"prompt_token_ids": prompt_ids + ids}, remaining, request_id):
+            async for out in self.engine.generate(prompt, remaining, request_id):
                 pass
             completion = out.outputs[0]
             ids += completion.token_ids
@@ -312,8 +318,9 @@ class Generator:
             if completion.finish_reason != "abort" or self._updates == updates or len(ids) >= params.max_tokens:
                 break
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        last = self.version if self.cfg.on_update == "keep" else current  # keep: frozen across updates
         return Segment(trajectory_id, index, list(prompt_ids), ids, logprobs, version,
-                       completion.finish_reason or "abort", text, last_version=current)
+                       completion.finish_reason or "abort", text, last_version=last)
 
     async def update_weights(self, version: int, buckets: Iterable[bytes], checksum: str) -> None:
         """Load a full set of weights (buckets from `cluster.weight_sync.to_buckets`) and set `version`.
@@ -372,9 +379,10 @@ class Generator:
             self._open.clear()
             self._updates += 1
             try:
-                # Aborts every running request (their partial outputs come back as 'abort') and clears
-                # the prefix cache once nothing holds a block.
-                await self.engine.pause_generation(mode="abort", clear_cache=True)
+                if self.cfg.on_update == "keep":
+                    await self.engine.pause_generation(mode="keep", clear_cache=False)
+                else:  # aborted requests come back as 'abort'; `generate` resubmits them
+                    await self.engine.pause_generation(mode="abort", clear_cache=True)
                 await self.engine.collective_rpc(method, kwargs=kwargs)
                 self.version = version
             finally:

@@ -211,3 +211,26 @@ def test_update_interrupts_running_segments_which_go_on_under_the_new_weights(ac
     assert all(len(s.response_ids) <= (CFG.segment_tokens if t.mode == "fold" else CFG.max_tokens)
                for t in trajs for s in t.segments)
     assert all(t.versions == sorted(t.versions) for t in trajs)
+
+
+def test_keep_mode_freezes_running_segments_across_an_update_and_loads_the_weights(actor, trained):
+    keep = GeneratorActor.remote(str(trained[0]), CFG.model_copy(update={"on_update": "keep"}))
+    try:
+        ray.get(keep.start.remote())
+        rollout = keep.rollout.remote(requests("fold", tag="-keep") + requests("unfold", tag="-keep"))
+        time.sleep(0.3)
+        named = perturbed(trained[1], seed=3)
+        assert ray.get(keep.update_weights.remote(1, list(to_buckets(named)), checksum(named))) == 1
+        segments = [s for t in ray.get(rollout) for s in t.segments]
+        assert all(0 <= s.version <= s.last_version <= 1 for s in segments)
+        assert any(s.version < s.last_version for s in segments), "no segment was running when the update came"
+        assert all(s.finish_reason in ("stop", "length") and len(s.logprobs) == len(s.response_ids) for s in segments)
+        # The weights swapped under frozen requests are the ones served: greedy output matches an engine
+        # that loaded them the other way.
+        version = ray.get(actor.version.remote())
+        ray.get(actor.update_weights.remote(version + 1, list(to_buckets(named)), checksum(named)))
+        greedy = requests("unfold", temperature=0, tag="-greedy")
+        assert [t.segments[0].response_ids for t in ray.get(keep.rollout.remote(greedy))] == \
+            [t.segments[0].response_ids for t in ray.get(actor.rollout.remote(greedy))]
+    finally:
+        ray.get(keep.shutdown.remote())
