@@ -83,21 +83,40 @@ class ReloadExtension:
                 module.quant_method.process_weights_after_loading(module)
 
 
+SPILL_PREFIX = "accordion-weights-"
+
+
 def spill(buckets: Sequence[bytes]) -> list[str]:
     """Write buckets to files the engine's worker processes can read: shared memory when it has room
-    (Docker's default /dev/shm is 64 MB), else the temporary directory. The caller deletes them."""
+    (Docker's default /dev/shm is 64 MB), else the temporary directory. The caller deletes them; what a
+    killed generator left behind (it would hold RAM until reboot) is swept here."""
     import shutil
     import tempfile
+    import time
 
     need = sum(map(len, buckets))
     shm = Path("/dev/shm")
-    folder = tempfile.mkdtemp(prefix="accordion-weights-",
-                              dir=shm if shm.is_dir() and shutil.disk_usage(shm).free > 2 * need else None)
+    root = shm if shm.is_dir() and shutil.disk_usage(shm).free > 2 * need else Path(tempfile.gettempdir())
+    for old in root.glob(f"{SPILL_PREFIX}*"):
+        owner = old.name[len(SPILL_PREFIX):].split("-")[0]
+        if owner.isdigit() and not _alive(int(owner)) and time.time() - old.stat().st_mtime > 600:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=root)
     paths = []
     for i, blob in enumerate(buckets):
         paths.append(os.path.join(folder, f"{i:05d}.safetensors"))
         Path(paths[-1]).write_bytes(blob)
     return paths
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        pass
+    return True
 
 
 def unspill(paths: Sequence[str]) -> None:

@@ -67,3 +67,31 @@ def test_gloo_channel_delivers_buckets_to_every_receiver():
     assert received[1] == received[2] == buckets
     restored = {k: v for b in received[1] for k, v in from_bucket(b).items()}
     assert checksum(restored.items()) == checksum(named())
+
+
+def test_spilled_buckets_round_trip_and_a_dead_generators_leftovers_are_swept():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from actors.generator import SPILL_PREFIX, spill, unspill
+
+    blobs = list(to_buckets(named(), bucket_bytes=1 << 10))
+    paths = spill(blobs)
+    root = Path(paths[0]).parent.parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    left, fresh = root / f"{SPILL_PREFIX}{dead}-old", root / f"{SPILL_PREFIX}{dead}-new"
+    for folder in (left, fresh):
+        folder.mkdir()
+    os.utime(left, (0, 0))  # older than any update takes
+    try:
+        assert [Path(p).read_bytes() for p in paths] == blobs
+        again = spill(blobs[:1])
+        assert not left.exists() and fresh.exists() and Path(paths[0]).exists()  # live and recent ones stay
+        unspill(paths)
+        unspill(again)
+        assert not Path(paths[0]).parent.exists() and not Path(again[0]).parent.exists()
+    finally:
+        fresh.rmdir()
