@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -251,10 +251,19 @@ class Learner:
         (the driver passes the refs on and never holds the bytes), plus their checksum."""
         import ray
 
+        serialised = self._serialised(bucket_bytes)
+        if serialised is None:
+            return None
+        buckets, digest = serialised
+        return [ray.put(b) for b in buckets], digest
+
+    def _serialised(self, bucket_bytes: int) -> tuple[Iterator[bytes], str] | None:
+        """On rank 0: the weights' buckets (made as they are consumed) and their checksum; None elsewhere.
+        Collective (ZeRO-3 gathers)."""
         state = self.full_state()
         if state is None:
             return None
-        return [ray.put(b) for b in to_buckets(state.items(), bucket_bytes)], checksum(state.items())
+        return to_buckets(state.items(), bucket_bytes), checksum(state.items())
 
     # ---- weight sync over a side group (rank 0 only acts; the same protocol NCCL runs on GPUs) ----
 
@@ -276,10 +285,10 @@ class Learner:
     def send_weights(self, bucket_bytes: int) -> str | None:
         """Broadcast the weights over the channel (checksum first, then the buckets); returns the checksum
         on rank 0. Collective (ZeRO-3 gathers). The buckets are kept for `sent_weights`."""
-        state = self.full_state()
-        if state is None:
+        serialised = self._serialised(bucket_bytes)
+        if serialised is None:
             return None
-        buckets, digest = list(to_buckets(state.items(), bucket_bytes)), checksum(state.items())
+        buckets, digest = list(serialised[0]), serialised[1]
         self._sent = buckets, digest
         self._channel.send([digest.encode(), *buckets])
         return digest
