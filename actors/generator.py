@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from actors.fold import (
-    AUTO, FoldChain, Limits, RolloutRequest, Segment, Trajectory, first_context, too_long, unfold_trajectory,
+    FoldChain, Limits, RolloutRequest, Segment, Trajectory, first_context, too_long, unfold_trajectory,
 )
 from cluster.weight_sync import checksum as weights_checksum
 from configs.schema import GeneratorConfig
-from tasks.format import FORMAT_TOKENS, POLICY_TOKEN, STEP_CLOSE, budget_prompt
+from models.precision import engine_dtype
+from tasks.format import FORMAT_TOKENS, STEP_CLOSE, prompt_ids
 
 class ModelFolderError(ValueError):
     """A model folder the generator cannot serve (missing step tokens, unreadable weights)."""
@@ -202,6 +203,7 @@ class Generator:
         self.tokenizer = check_model_folder(self.path)
         self.layout = weight_layout(self.path)
         self.tied = json.loads((self.path / "config.json").read_text()).get("tie_word_embeddings", False)
+        self.dtype = engine_dtype(cfg.dtype)
         self.limits = Limits(cfg.segment_tokens, cfg.max_segments, cfg.max_prompt_tokens, cfg.max_summary_tokens)
         self.step_close_id = self.tokenizer.convert_tokens_to_ids(STEP_CLOSE)
         self.version = 0
@@ -224,18 +226,34 @@ class Generator:
                 await self._start()
 
     async def _start(self) -> None:
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
 
+        pinned = current_platform.is_cpu() and self.cfg.cpu_ids
         if current_platform.is_cpu():
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.cfg.kv_cache_gib)
-            if self.cfg.cpu_ids:
-                # The engine's processes inherit this process's affinity; its OMP threads bind to the same cores.
-                os.sched_setaffinity(0, self.cfg.cpu_ids)
-                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, self.cfg.cpu_ids))
+        if pinned:
+            # The engine's processes inherit this process's affinity and environment while they start; its
+            # OMP threads bind to the same cores. This process gets both back afterwards (an in-process
+            # engine must not pin its caller, nor the Ray workers the caller starts later).
+            affinity, bind = os.sched_getaffinity(0), os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+            os.sched_setaffinity(0, self.cfg.cpu_ids)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, self.cfg.cpu_ids))
+        try:
+            self._create_engine()
+        finally:
+            if pinned:
+                os.sched_setaffinity(0, affinity)
+                if bind is None:
+                    os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+                else:
+                    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+
+    def _create_engine(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
         args = AsyncEngineArgs(
-            model=str(self.path), dtype=self.cfg.dtype, max_model_len=self.cfg.max_model_len, seed=self.seed,
+            model=str(self.path), dtype=self.dtype, max_model_len=self.cfg.max_model_len, seed=self.seed,
             enforce_eager=self.cfg.enforce_eager, enable_prefix_caching=True, max_num_seqs=self.cfg.max_num_seqs,
             worker_extension_cls=f"{__name__}.ReloadExtension",
         )
@@ -280,12 +298,7 @@ class Generator:
             return await (self._fold(request) if request.mode == "fold" else self._unfold(request))
 
     def prompt_ids(self, request: RolloutRequest, context: str) -> list[int]:
-        """Chat-rendered user message (budget token last) plus the response prefix `context`."""
-        token = POLICY_TOKEN if request.budget == AUTO else None
-        user = f"{request.question} {token}" if token else budget_prompt(request.question, request.budget)
-        ids = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
-                                                 return_dict=False)
-        return list(ids) + self.tokenizer.encode(context, add_special_tokens=False)
+        return prompt_ids(self.tokenizer, request.question, request.budget, context)
 
     async def _fold(self, request: RolloutRequest) -> Trajectory:
         chain = FoldChain(request, self.limits, lambda text: len(self.tokenizer.encode(text, add_special_tokens=False)))
@@ -308,10 +321,16 @@ class Generator:
         return unfold_trajectory(request, await self.generate(prompt, params, request.id, 0))
 
     def sampling(self, request: RolloutRequest | None, max_tokens: int, **kw):
+        """Sampling parameters of one segment. Stops are token ids and text is decoded once at the end, so
+        vLLM neither detokenizes as it goes nor reports each step (FINAL_ONLY): per-token Python work
+        that dominated a small model's decoding on CPU."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         temperature = self.cfg.temperature if request is None or request.temperature is None else request.temperature
-        return SamplingParams(temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens, logprobs=0, **kw)
+        top_p = self.cfg.top_p if request is None or request.top_p is None else request.top_p
+        return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0, detokenize=False,
+                              output_kind=RequestOutputKind.FINAL_ONLY, **kw)
 
     async def generate(self, prompt_ids: list[int], params, trajectory_id: str, index: int) -> Segment:
         """One segment: an engine request, resubmitted with its partial output after each weight update

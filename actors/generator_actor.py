@@ -20,10 +20,12 @@ class GeneratorActor:
         self.gen = Generator(model_path, cfg, seed)
         self.channel = None  # the learner's GlooChannel (rl.sync_backend: gloo)
 
-    async def start(self) -> int:
-        """Start the engine; returns the KV-cache size in tokens."""
+    async def start(self) -> dict:
+        """Start the engine; returns its KV-cache size in tokens, its dtype and the machine it runs on."""
+        from models.precision import machine
+
         await self.gen.start()
-        return self.gen.kv_tokens
+        return {"kv_tokens": self.gen.kv_tokens, "dtype": self.gen.dtype, "machine": machine()}
 
     async def rollout(self, requests: list[RolloutRequest]) -> list[Trajectory]:
         return await self.gen.rollout(requests)

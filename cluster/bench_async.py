@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.cli import add_config_arguments
+from configs import add_config_arguments
 
 
 def main(argv: list[str], prog: str) -> int:
@@ -46,7 +46,8 @@ def main(argv: list[str], prog: str) -> int:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"),
                  runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(work / "vllm")}})
-    base = {"model.path": model, "rl.steps": args.steps, "rl.mode": "unfold", "rl.eval_every": 0, "rl.eval_size": 2,
+    base = {"model.path": model, "rl.steps": args.steps, "rl.mode": "unfold", "rl.budgets": [], "reward.name": "accordion",
+            "eval.every": 0, "eval.questions": 2, "eval.samples": 1, "eval.budgets": [], "eval.harder_steps": "null",
             "rl.save_every": args.steps, "rl.prompts_per_step": args.prompts, "rl.samples_per_prompt": 4,
             "generator.max_tokens": args.tokens, "generator.max_model_len": 512, "generator.max_prompt_tokens": 256,
             "generator.segment_tokens": min(args.tokens, 256), "cluster.learners": 1, "cluster.learner_cpus": 1,
@@ -56,11 +57,13 @@ def main(argv: list[str], prog: str) -> int:
     result: dict = {"settings": {**{k: str(v) for k, v in base.items()}, "overrides": args.overrides}}
     for arm, staleness in (("sync", 0), ("async", args.staleness)):
         overrides = [f"{k}={v}" for k, v in {**base, "rl.max_staleness": staleness, "run_dir": work / arm}.items()]
-        seconds, trained = asyncio.run(timed_run([*overrides, *args.overrides], args.config))
+        seconds, trained, precision = asyncio.run(timed_run([*overrides, *args.overrides], args.config))
         result[f"{arm}_samples_per_s"] = trained / seconds
         result[f"{arm}_run_s"] = seconds
+        result["precision"] = precision
         print(f"{arm:<6} max_staleness {staleness}: {trained} trajectories in {seconds:.1f} s "
-              f"= {trained / seconds:.2f}/s")
+              f"= {trained / seconds:.2f}/s (learner {precision['learner']}, generator {precision['generator']}, "
+              f"{precision['machine']})")
     result["ratio"] = result["async_samples_per_s"] / result["sync_samples_per_s"]
     result["settings"]["async_max_staleness"] = args.staleness
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -68,8 +71,9 @@ def main(argv: list[str], prog: str) -> int:
     return 0
 
 
-async def timed_run(overrides: list[str], config: str | None) -> tuple[float, int]:
-    from cluster.train import Trainer, prepare_run
+async def timed_run(overrides: list[str], config: str | None) -> tuple[float, int, dict]:
+    from cluster.run_dir import prepare_run
+    from cluster.train import Trainer
 
     cfg, run_dir, state = prepare_run(config, overrides, None)
     trainer = await Trainer.start(cfg, run_dir, state)
@@ -79,4 +83,4 @@ async def timed_run(overrides: list[str], config: str | None) -> tuple[float, in
         seconds = time.perf_counter() - start
     finally:
         await trainer.shutdown()
-    return seconds, len(trainer.trained_indices) * cfg.rl.samples_per_prompt
+    return seconds, len(trainer.trained_indices) * cfg.rl.samples_per_prompt, trainer.precision

@@ -52,7 +52,9 @@ def placement_groups(cfg: ClusterConfig) -> dict[str, object]:
     import ray
     from ray.util.placement_group import placement_group
 
-    check_resources(cfg, ray.available_resources())
+    # The cluster's totals, not what is free this instant: actors killed a moment ago (the SFT learners
+    # before RL) return their CPUs asynchronously; a busy cluster makes the reservation wait below.
+    check_resources(cfg, ray.cluster_resources())
     groups = {
         r.name: placement_group([r.bundle] * r.count, strategy=cfg.strategy, name=f"accordion-{r.name}")
         for r in roles(cfg)

@@ -50,6 +50,10 @@ class PromptLedger:
         self.next_index += 1
         return self.next_index - 1
 
+    def set_aside(self, index: int) -> None:
+        """The prompt's group was generated but teaches nothing (dynamic sampling): it is used up, not owed."""
+        self.outstanding.remove(index)
+
     def reissue(self, index: int) -> None:
         """The prompt's rollout was lost (dead generator) or dropped (stale): hand it out again first."""
         self.outstanding.discard(index)
@@ -70,7 +74,8 @@ class PromptLedger:
 class RolloutQueue:
     """Bounded buffer of scored groups with the staleness gate above. Single event loop, no locks."""
 
-    def __init__(self, ledger: PromptLedger, groups_per_step: int, max_staleness: int, version: int = 0):
+    def __init__(self, ledger: PromptLedger, groups_per_step: int, max_staleness: int, version: int = 0,
+                 skip_uninformative: bool = False):
         if groups_per_step < 1 or max_staleness < 0:
             raise ValueError(f"groups_per_step must be >= 1 and max_staleness >= 0, got {groups_per_step}, {max_staleness}")
         self.ledger = ledger
@@ -80,6 +85,9 @@ class RolloutQueue:
         self.started = version * groups_per_step
         self.buffer: list[Group] = []
         self.dropped_stale = 0
+        self.skip_uninformative = skip_uninformative
+        self.set_aside: list[int] = []  # positions of groups set aside by dynamic sampling
+        self._set_aside_now = 0  # ... since the last version change, at most `groups_per_step`
         self._changed = asyncio.Condition()
 
     def _may_start(self) -> bool:
@@ -99,9 +107,18 @@ class RolloutQueue:
             self.ledger.reissue(index)
             self._changed.notify_all()
 
-    async def put(self, group: Group) -> None:
+    async def put(self, group: Group, informative: bool = True) -> None:
+        """Queue a scored group. With `skip_uninformative`, a group whose advantages are all zero is set
+        aside instead and another position may start in its place, at most `groups_per_step` times per
+        version: a policy that is right (or wrong) on everything still gets trained."""
         async with self._changed:
-            self.buffer.append(group)
+            if self.skip_uninformative and not informative and self._set_aside_now < self.groups_per_step:
+                self._set_aside_now += 1
+                self.started -= 1
+                self.ledger.set_aside(group.index)
+                self.set_aside.append(group.index)
+            else:
+                self.buffer.append(group)
             self._changed.notify_all()
 
     async def take_batch(self) -> list[Group]:
@@ -129,4 +146,5 @@ class RolloutQueue:
         """New weights are live on the generators: more groups may start."""
         async with self._changed:
             self.version = version
+            self._set_aside_now = 0
             self._changed.notify_all()

@@ -61,6 +61,11 @@ class Tracker:
         now = int(time.time() * 1000)
         self._client.log_batch(self.run_id, metrics=[self._metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    def tags(self, tags: Mapping[str, str]) -> None:
+        """Facts about the run that are no hyperparameters (the precision `auto` resolved to, the machine)."""
+        for key, value in tags.items():
+            self._client.set_tag(self.run_id, key, value)
+
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():

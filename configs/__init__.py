@@ -5,6 +5,7 @@ Every problem (missing file, bad YAML, unknown key, wrong type, bad value) becom
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,12 +42,24 @@ def load_config(path: str | Path | None = LOCAL, overrides: Sequence[str] = ()) 
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top level)"
             what = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            if key in override_keys:
+            # An item of a list (`budgets.0`) is found through the key that holds it.
+            holders = [".".join(key.split(".")[:n]) for n in range(key.count(".") + 1, 0, -1)]
+            if any(h in override_keys for h in holders):
                 where = "command-line override"
             else:
-                where = f"{source}:{lines[key]}" if key in lines else source
+                where = next((f"{source}:{lines[h]}" for h in holders if h in lines), source)
             problems.append(f"{where}: {key}: {what}")
         raise ConfigError("\n".join(problems)) from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` plus trailing `key.sub=value` overrides, shared by every command that runs a job."""
+    parser.add_argument("--config", default=str(LOCAL), help="YAML config (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
 
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:

@@ -31,11 +31,12 @@ def _rendezvous() -> tuple[str, int]:
 
 
 class LearnerGroup:
-    """`ranks` learners on `model_path`. Each actor reserves `cpus` and `gpus`; with a
-    `placement_group`, rank i goes to bundle i (see `cluster.placement.placement_groups`)."""
+    """`ranks` learners on `model_path`. Each actor reserves `cpus` and `gpus` and runs `threads` torch
+    threads (default: `cpus`); with a `placement_group`, rank i goes to bundle i (see
+    `cluster.placement.placement_groups`)."""
 
     def __init__(self, model_path: str | Path, cfg: LearnerConfig, ranks: int = 1, cpus: float = 1.0,
-                 gpus: float = 0.0, placement_group: Any = None):
+                 gpus: float = 0.0, placement_group: Any = None, threads: int | None = None):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -50,13 +51,16 @@ class LearnerGroup:
 
         addr, port = ray.get(ray.remote(_rendezvous).options(**options(0)).remote())
         actor = ray.remote(Learner)
-        threads = max(1, int(cpus))
+        threads = threads or max(1, int(cpus))  # torch threads per rank
         self.actors = [
             actor.options(**options(rank)).remote(str(model_path), cfg, rank, ranks, addr, port, threads)
             for rank in range(ranks)
         ]
         self.cfg, self.ranks = cfg, ranks
-        self._gather([a.__ray_ready__.remote() for a in self.actors])
+        described = self._call("describe")[0]
+        self.precision: str = described["precision"]
+        """What rank 0 resolved `learner.precision` to (`auto` depends on its hardware)."""
+        self.machine: str = described["machine"]
 
     def _gather(self, refs: list) -> list:
         """Results of every rank; the first failure raises at once, naming its rank."""

@@ -25,6 +25,7 @@ from cluster.weight_sync import GlooChannel, checksum, to_buckets
 from configs.schema import LearnerConfig, OptimConfig
 from learners import algos
 from learners.batch import BatchError, Sample, as_samples, collate, split_by_tokens, validate
+from models.precision import Precision, learner_precision, machine
 
 STATE_FILE = "training_state.json"
 OPTIMIZER_DIR = "optimizer"
@@ -46,7 +47,7 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def ds_config(cfg: LearnerConfig) -> dict[str, Any]:
+def ds_config(cfg: LearnerConfig, precision: Precision) -> dict[str, Any]:
     """The DeepSpeed config; accumulation is ours (one optimizer step per batch), so DeepSpeed sees 1."""
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False}
     if cfg.offload_optimizer:
@@ -56,7 +57,7 @@ def ds_config(cfg: LearnerConfig) -> dict[str, Any]:
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": cfg.precision == "bf16"},
+        "bf16": {"enabled": precision == "bf16"},
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,  # torch AdamW: DeepSpeedCPUAdam compiles for ~100 s
         "steps_per_print": 1 << 30,
@@ -81,6 +82,7 @@ class Learner:
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
                                    auto_mpi_discovery=False, verbose=False)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.precision = learner_precision(cfg.precision)
         self.model_path = Path(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch.manual_seed(cfg.seed)
@@ -90,11 +92,15 @@ class Learner:
                                       weight_decay=optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(cfg))
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(cfg, self.precision))
         self.device = self.engine.device
         self.step = 0  # optimizer steps applied
         self._channel: GlooChannel | None = None  # weight sync to the generators (rank 0)
         self._sent: tuple[list[bytes], str] | None = None  # what it last sent, for a replaced generator
+
+    def describe(self) -> dict[str, str]:
+        """The precision this rank trains in and the hardware it runs on (`models.precision`)."""
+        return {"precision": self.precision, "machine": machine()}
 
     # ---- batches -------------------------------------------------------------------------------
 

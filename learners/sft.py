@@ -4,43 +4,43 @@ A trace is trained either whole (Unfold: prompt = question, response = the full 
 Fold segments (prompt = question + the folded context the generator would show, response = one
 segment), exactly the (context, segment) pairs of `tasks.format.fold_segments`, so training and Fold
 rollouts see the same token sequences. With `sft.budgets` each trace is compressed to a drawn ratio
-and tagged with its budget token (Extra-CoT mixed-ratio SFT).
+and tagged with its budget token (Extra-CoT mixed-ratio SFT); with `sft.policy_fraction` some of them
+are asked with `<COMP_AUTO>` and answer with their budget token first (policy-mode warm-up).
 
 The data stream is a pure function of (seed, position): resuming needs only the position.
 """
 from __future__ import annotations
 
 import json
+import os
 import random
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from configs.schema import Config, SFTConfig, TaskConfig
 from learners.batch import Sample
 from tasks.arithmetic import Problem, gold_trace, lax_steps, problems
-from tasks.format import budget_prompt, fold_segments, parse_trace
+from tasks.dataset import epoch_order
+from tasks.format import fold_segments, parse_trace, prompt_ids
 
 CHECKPOINT = "checkpoint"
 
 
-def prompt_ids(tokenizer, question: str, budget: int | None, context: str) -> list[int]:
-    """Chat-rendered user message (budget token last) plus the response prefix `context`."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": budget_prompt(question, budget)}],
-                                        add_generation_prompt=True, return_dict=False)
-    return list(ids) + tokenizer.encode(context, add_special_tokens=False)
-
-
 def trace_samples(tokenizer, problem: Problem, fold: bool, lax_fraction: float = 0.0, seed: int = 0,
-                  budget: int | None = None) -> list[Sample]:
-    """The gold trace of `problem` as one Unfold sample or one sample per Fold segment."""
+                  budget: int | None = None, policy: bool = False) -> list[Sample]:
+    """The gold trace of `problem` as one Unfold sample or one sample per Fold segment. `policy`: the
+    prompt ends with `<COMP_AUTO>` and the response opens with `budget`'s token, as the model writes it
+    in policy mode (the first Fold context is then empty, `actors.fold.first_context`)."""
     trace = gold_trace(problem, lax_steps(problem, lax_fraction, seed), budget or 100, budget)
     steps, answer = parse_trace(trace)
     pairs = fold_segments(steps, answer, budget)
+    if policy:
+        pairs[0] = ("", pairs[0][0] + pairs[0][1])
     if not fold:  # the generator's Unfold prompt already holds the first context (`<think>`)
         pairs = [(pairs[0][0], "".join(segment for _, segment in pairs))]
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
-    samples = [Sample(prompt_ids(tokenizer, problem.question, budget, context), encode(segment))
+    asked = "auto" if policy else budget
+    samples = [Sample(prompt_ids(tokenizer, problem.question, asked, context), encode(segment))
                for context, segment in pairs]
     last = samples[-1]
     samples[-1] = Sample(last.prompt_ids, last.response_ids + [tokenizer.eos_token_id])
@@ -57,13 +57,13 @@ class TraceStream:
 
     def sample(self, i: int) -> list[Sample]:
         epoch, k = divmod(i, len(self.problems))
-        order = list(range(len(self.problems)))
-        random.Random(f"{self.task.seed}:epoch:{epoch}").shuffle(order)  # cheap next to a training step
+        order = epoch_order(self.task.seed, epoch, len(self.problems))
         rng = random.Random(f"{self.task.seed}:trace:{i}")
         fold = rng.random() < self.sft.fold_fraction
         budget = rng.choice(self.sft.budgets) if self.sft.budgets else None
+        policy = budget is not None and rng.random() < self.sft.policy_fraction
         return trace_samples(self.tokenizer, self.problems[order[k]], fold, self.task.lax_fraction,
-                             self.task.seed, budget)
+                             self.task.seed, budget, policy)
 
     def batch(self, position: int, traces: int) -> list[Sample]:
         return [s for i in range(position, position + traces) for s in self.sample(i)]
@@ -76,10 +76,10 @@ def eval_loss(group, samples: list[Sample]) -> float:
 
 
 def run_sft(cfg: Config, out: Path, log: Callable[[dict[str, float], int], None],
-            state: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
-    """Train until `sft.steps`, resuming from `out/checkpoint` when it exists; returns the
-    checkpoint folder and the training state saved in it. `log(metrics, step)` records progress;
-    `state` is stored in every checkpoint (e.g. the MLflow run id)."""
+            state: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any], dict[str, str]]:
+    """Train until `sft.steps`, resuming from `out/checkpoint` when it exists; returns the checkpoint
+    folder, the training state saved in it, and the learners' precision and machine. `log(metrics,
+    step)` records progress; `state` is stored in every checkpoint (e.g. the MLflow run id)."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
@@ -92,8 +92,10 @@ def run_sft(cfg: Config, out: Path, log: Callable[[dict[str, float], int], None]
     train = TraceStream(tokenizer, cfg.task, sft)
     held_out = TraceStream(tokenizer, cfg.task, sft, split="eval").batch(0, sft.eval_traces)
     learner_cfg = cfg.learner.model_copy(update={"optim": sft.optim})
+    # Nothing else runs during SFT: the ranks share every core of this machine between them.
+    threads = None if cfg.cluster.learner_gpus else max(1, len(os.sched_getaffinity(0)) // cfg.cluster.learners)
     group = LearnerGroup(model_path, learner_cfg, ranks=cfg.cluster.learners, cpus=cfg.cluster.learner_cpus,
-                         gpus=cfg.cluster.learner_gpus)
+                         gpus=cfg.cluster.learner_gpus, threads=threads)
     checkpoint = out / CHECKPOINT
     record = {"data_position": 0, "step": 0, **(state or {})}
     try:
@@ -101,7 +103,8 @@ def run_sft(cfg: Config, out: Path, log: Callable[[dict[str, float], int], None]
             record = {**record, **group.load(checkpoint)}
         step, position = record["step"], record["data_position"]
         saved = step
-        with tqdm(total=sft.steps, initial=step, desc="sft", unit="step", dynamic_ncols=True) as bar:
+        print(f"sft: {group.ranks} learner rank(s) in {group.precision} ({group.machine})")
+        with tqdm(total=sft.steps, initial=step, desc=f"sft ({group.precision})", unit="step", dynamic_ncols=True) as bar:
             while step < sft.steps:
                 metrics = group.train_step(train.batch(position, sft.traces_per_step), "sft")
                 position += sft.traces_per_step
@@ -120,36 +123,5 @@ def run_sft(cfg: Config, out: Path, log: Callable[[dict[str, float], int], None]
             group.save(checkpoint, record | {"step": step, "data_position": position})
     finally:
         group.shutdown()
-    return checkpoint, json.loads((checkpoint / "training_state.json").read_text())
-
-
-def accuracy(model_path: Path, cfg: Config, modes: tuple[str, ...] = ("unfold", "fold")) -> dict[str, float]:
-    """Greedy accuracy on the held-out built-in problems, per mode, with the vLLM generator."""
-    import asyncio
-
-    from actors.fold import RolloutRequest
-    from actors.generator import Generator
-    from rewards.answer import last_boxed
-
-    held_out = problems(cfg.task, "eval")
-    budget = max(cfg.sft.budgets) if cfg.sft.budgets else None  # the full-length budget trained, if any
-
-    async def run() -> dict[str, float]:
-        generator = Generator(model_path, cfg.generator, seed=cfg.task.seed)
-        try:
-            start = time.perf_counter()
-            await generator.start()
-            out = {"eval_engine_start_s": time.perf_counter() - start}
-            for mode in modes:
-                requests = [RolloutRequest(f"{mode}-{i}", p.question, mode, budget, temperature=0.0)
-                            for i, p in enumerate(held_out)]
-                start = time.perf_counter()
-                trajectories = await generator.rollout(requests)
-                correct = [last_boxed(t.response) == str(p.answer) for t, p in zip(trajectories, held_out)]
-                out[f"{mode}_accuracy"] = sum(correct) / len(held_out)
-                out[f"{mode}_eval_s"] = time.perf_counter() - start
-            return out
-        finally:
-            await generator.shutdown()
-
-    return asyncio.run(run())
+    described = {"precision": group.precision, "machine": group.machine}
+    return checkpoint, json.loads((checkpoint / "training_state.json").read_text()), described

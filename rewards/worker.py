@@ -50,7 +50,8 @@ class RewardPool:
     async def warm_up(self) -> None:
         """Score one answer on every worker: actors built, verifier processes up and math-verify's slow
         first parse done, so the first training step does not pay for them (and a broken worker fails now)."""
-        await asyncio.gather(*(w.score.remote([{"response": "\\boxed{1/2}", "answer": "0.5"}]) for w in self.workers))
+        item = {"response": "\\boxed{1/2}", "answer": "0.5", "budget": 100, "ref_len": 1}  # valid for every reward
+        await asyncio.gather(*(w.score.remote([item]) for w in self.workers))
 
     def stats(self) -> list[dict[str, float]]:
         """Each worker's sandbox counters (calls, timeouts, crashes, restarts, max_call_s, alive)."""

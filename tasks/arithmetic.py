@@ -6,8 +6,10 @@ every summary carries the running value. Gold traces work each operation digit b
 
 Compressed traces (for `<COMP_xx>` budgets) keep the highest-priority spans of the full trace,
 in order, until the token budget is used, the way the Extra-CoT compressor keeps top-scored
-tokens: summaries always, then the operation, the digit sums, the labels, the narration.
-Numbers are atomic spans, so a compressed trace never shows half a number.
+tokens: summaries always, then the restated operation, the ones-digit fact, the tens-digit fact,
+the rest of the working, the result, the labels, the narration. So 60 % still holds every fact the
+answer needs, 40 % leaves the tens digit (and carry) to be done mentally, 20 % all of it. Numbers
+are atomic spans, so a compressed trace never shows half a number.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from configs.schema import TaskConfig
 from tasks.format import BUDGETS, count_tokens, render_trace
 
 # Priority of a span when a trace is compressed: higher survives longer.
-SUMMARY, OPERATION, DIGITS, RESULT, LABEL, NARRATION = 6, 5, 4, 3, 2, 1
+SUMMARY, OPERATION, ONES, TENS, WORKING, RESULT, LABEL, NARRATION = 8, 7, 6, 5, 4, 3, 2, 1
 Span = tuple[str, int]
 HELDOUT_SEED_OFFSET = 1_000_003
 
@@ -76,12 +78,18 @@ def problems(cfg: TaskConfig, split: str) -> list[Problem]:
 
 def _stream(seed: int, cfg: TaskConfig, size: int, exclude: set[Problem]) -> Iterator[Problem]:
     rng = random.Random(seed)
-    produced = 0
+    produced = rejected = 0
     while produced < size:
         p = make_problem(rng, rng.randint(cfg.min_steps, cfg.max_steps), cfg.max_operand)
-        if p not in exclude:
-            produced += 1
-            yield p
+        if p in exclude:
+            rejected += 1
+            if rejected > 1000 * size:  # a small problem space the training split already covers
+                raise ValueError(f"task.eval_size {size}: too few problems with {cfg.min_steps}-{cfg.max_steps} "
+                                 f"operations and operands up to {cfg.max_operand} lie outside the {cfg.train_size} "
+                                 f"training problems; raise task.max_operand or task.max_steps, or lower task.train_size")
+            continue
+        produced += 1
+        yield p
 
 
 def lax_steps(problem: Problem, lax_fraction: float, seed: int) -> tuple[bool, ...]:
@@ -102,22 +110,22 @@ def step_spans(k: int, x: int, sign: str, b: int) -> list[Span]:
         total = ones_x + ones_b
         digit, carry = total % 10, total // 10
         tens = tens_x + tens_b + carry
-        ones = [("ones :", LABEL), (f"{ones_x} + {ones_b} = {total}", DIGITS),
-                (", write", NARRATION), (str(digit), DIGITS), ("carry", LABEL), (str(carry), DIGITS)]
+        ones = [("ones :", LABEL), (f"{ones_x} + {ones_b} = {total}", ONES),
+                (", write", NARRATION), (str(digit), WORKING), ("carry", LABEL), (str(carry), WORKING)]
         tens_work = f"{tens_x} + {tens_b} + {carry} = {tens}"
     else:
         borrow = int(ones_x < ones_b)
         digit = ones_x + 10 * borrow - ones_b
         tens = tens_x - tens_b - borrow
-        ones = [("ones :", LABEL), (f"{ones_x} - {ones_b}", DIGITS), (": borrow", LABEL), (str(borrow), DIGITS),
-                (",", NARRATION), (f"{ones_x + 10 * borrow} - {ones_b} = {digit}", DIGITS)]
+        ones = [("ones :", LABEL), (f"{ones_x} - {ones_b}", WORKING), (": borrow", LABEL), (str(borrow), WORKING),
+                (",", NARRATION), (f"{ones_x + 10 * borrow} - {ones_b} = {digit}", ONES)]
         tens_work = f"{tens_x} - {tens_b} - {borrow} = {tens}"
     result = 10 * tens + digit
     # The step opens by restating its operation word for word as the question gives it: a tiny model
     # learns that copy quickly, where finding op k's operand while writing `x sign b` it learns slowly.
     return [
-        (f"op {k} : {sign} {b} .", OPERATION), (f"{x} {sign} {b}", OPERATION), (".", NARRATION),
-        *ones, (". tens :", LABEL), (tens_work, DIGITS),
+        (f"op {k} : {sign} {b} .", OPERATION), (f"{x} {sign} {b}", WORKING), (".", NARRATION),
+        *ones, (". tens :", LABEL), (tens_work, TENS),
         (". so x =", NARRATION), (str(result), RESULT), (".", NARRATION),
     ]
 
@@ -138,8 +146,9 @@ def answer_text(problem: Problem) -> str:
 def gold_trace(problem: Problem, lax: tuple[bool, ...], ratio: int = 100, budget: int | None = None) -> str:
     """The gold response at `ratio` % of the full reasoning tokens (summaries included, tags excluded).
 
-    Spans are dropped lowest priority first and, within a priority, evenly across steps, so every
-    step is compressed alike; the answer segment is never compressed.
+    Spans are kept highest priority first and, within a priority, evenly across steps, so every step
+    is compressed alike; the last span kept may overshoot the budget by less than it would fall short
+    without it. The answer segment is never compressed.
     """
     steps = trace_spans(problem, lax)
     full = sum(count_tokens(s) for spans, summ in steps for s in [*(t for t, _ in spans), summ])
@@ -155,10 +164,12 @@ def gold_trace(problem: Problem, lax: tuple[bool, ...], ratio: int = 100, budget
     kept: set[tuple[int, int]] = set()
     for _, _, step_idx, span_idx, text in sorted(ranked):
         cost = count_tokens(text)
-        if cost > keep_budget:
-            continue  # a shorter span further down may still fit
-        keep_budget -= cost
+        if cost >= 2 * keep_budget:
+            break  # strictly by rank: no stray low-priority fragments filling the last few tokens
+        keep_budget -= cost  # a span that overshoots is kept when that lands nearer the target
         kept.add((step_idx, span_idx))
+        if keep_budget <= 0:
+            break
     rendered = [
         (" ".join(t for j, (t, _) in enumerate(spans) if (i, j) in kept), summ)
         for i, (spans, summ) in enumerate(steps)

@@ -77,9 +77,20 @@ def parse_trace(response: str) -> tuple[list[tuple[str, str]], str] | None:
     return steps, match.group("answer").strip()
 
 
-def budget_prompt(question: str, budget: int | None) -> str:
-    """The user message: the question, ended by the budget token when one is asked for."""
-    return question if budget is None else f"{question} {BUDGET_TOKENS[budget]}"
+def budget_prompt(question: str, budget: int | str | None) -> str:
+    """The user message: the question, ended by the budget token when one is asked for (`auto`:
+    `<COMP_AUTO>`, the model picks its ratio)."""
+    if budget is None:
+        return question
+    return f"{question} {POLICY_TOKEN if budget == 'auto' else BUDGET_TOKENS[budget]}"
+
+
+def prompt_ids(tokenizer, question: str, budget: int | str | None, context: str) -> list[int]:
+    """Token ids of the chat-rendered user message plus the response prefix `context` (a folded context,
+    `<think>`, or nothing in policy mode): what the generator prompts with and SFT trains after."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": budget_prompt(question, budget)}],
+                                        add_generation_prompt=True, return_dict=False)
+    return list(ids) + tokenizer.encode(context, add_special_tokens=False)
 
 
 def _budget_prefix(budget: int | None) -> str:

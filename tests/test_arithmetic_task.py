@@ -128,3 +128,9 @@ def test_parse_and_fold_segments_invert_render(budget):
 ])
 def test_parse_trace_rejects_malformed(bad):
     assert parse_trace(bad) is None
+
+
+def test_a_problem_space_too_small_for_a_held_out_split_is_an_error_not_a_hang():
+    tiny = TaskConfig(min_steps=1, max_steps=1, max_operand=1, train_size=2000, eval_size=20)
+    with pytest.raises(ValueError, match="task.eval_size 20: too few problems"):
+        problems(tiny, "eval")

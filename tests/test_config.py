@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from configs import LOCAL, ConfigError, load_config
 
@@ -15,8 +16,13 @@ def write(tmp_path, text):
 def test_local_yaml_loads_with_defaults():
     cfg = load_config(LOCAL)
     assert cfg.task.name == "arithmetic"
-    assert cfg.task.lax_fraction == 0.5
+    assert cfg.task.lax_fraction == yaml.safe_load(LOCAL.read_text())["task"]["lax_fraction"]
     assert cfg.model.max_position_embeddings == 2048  # a default not set in the file
+
+
+@pytest.mark.parametrize("path", sorted(LOCAL.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    load_config(path)
 
 
 def test_overrides_are_typed_and_applied():
@@ -78,14 +84,14 @@ def test_invalid_yaml_gives_line(tmp_path):
 def test_cli_prints_one_line_error_without_traceback(tmp_path):
     path = write(tmp_path, "task:\n  max_stepz: 4\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "task", "--config", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "cli", "task", "--config", str(path)], capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"accordion task: error: {path}:2: task.max_stepz: unknown key"
 
 
 def test_cli_help_lists_commands():
-    proc = subprocess.run([sys.executable, "-m", "cluster.cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "init-model" in proc.stdout and "task" in proc.stdout
 
@@ -99,3 +105,29 @@ def test_generator_cpu_ids_must_be_cores_this_process_may_use():
     bad = max(os.sched_getaffinity(0)) + 1
     with pytest.raises(ValueError, match=rf"generator.cpu_ids \[{bad}\]: this process may only use cores"):
         Generator("no-model-needed", GeneratorConfig(cpu_ids=[bad]))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("learner.precision=fp16", "learner.precision: Input should be 'auto', 'bf16' or 'fp32'"),
+    ("rl.budgets=[30]", "command-line override: rl.budgets: Value error, 30 is not a budget: expected one of 20, "),
+    ("eval.budgets=[100,7]", "command-line override: eval.budgets: Value error, 7 is not a budget"),
+    ("sft.budgets=[auto]", "command-line override: sft.budgets.0: Input should be a valid integer"),
+    ("sft.policy_fraction=0.5", "policy_fraction 0.5 needs budgets"),
+])
+def test_a_bad_precision_or_budget_is_one_clear_config_error(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_chrpo_without_budgets_names_what_to_set():
+    with pytest.raises(ConfigError, match="reward.name chrpo rewards budgets: set rl.budgets"):
+        load_config(None, ["reward.name=chrpo"])
+
+
+def test_auto_precision_follows_the_hardware():
+    from models.precision import engine_dtype, learner_precision, native_bf16
+
+    assert learner_precision("auto") == ("bf16" if native_bf16() else "fp32")
+    assert learner_precision("fp32") == "fp32" and engine_dtype("float32") == "float32"
+    assert engine_dtype("auto") == ("bfloat16" if native_bf16() else "float32")

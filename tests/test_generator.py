@@ -13,7 +13,7 @@ import ray
 import torch
 
 from actors.fold import RolloutRequest
-from actors.cli import main as generate_cli
+from cli.generate import main as generate_cli
 from actors.generator import WeightUpdateError
 from actors.generator_actor import GeneratorActor
 from cluster.weight_sync import checksum, to_buckets

@@ -1,5 +1,5 @@
 """Cluster mode as users run it: `ray start --head` with token auth, then `ray job submit` of
-`python -m cluster.train --config configs/cluster.yaml`, scaled down by overrides to this machine."""
+`python -m cli train --config configs/cluster.yaml`, scaled down by overrides to this machine."""
 import json
 import os
 import secrets
@@ -68,10 +68,10 @@ def test_ray_job_submit_runs_a_short_training_job(ray_head, tmp_path):
         "generator.max_model_len=512", "generator.max_num_seqs=64", "generator.enforce_eager=true",
         "learner.zero_stage=2", "learner.precision=fp32", "learner.micro_batch_tokens=4096", "learner.max_length=512",
         "reward.processes=1", "rl.steps=2", "rl.prompts_per_step=2", "rl.samples_per_prompt=2",
-        "rl.eval_every=0", "rl.eval_size=2", "rl.bucket_mb=1",
+        "eval.every=0", "eval.questions=2", "eval.samples=1", "rl.bucket_mb=1",
     ]
     submit = [str(Path(env["PATH"].split(":")[0]) / "ray"), "job", "submit", "--address", address,
-              "--working-dir", str(ROOT), "--", "python", "-m", "cluster.train", "--config", "configs/cluster.yaml",
+              "--working-dir", str(ROOT), "--", "python", "-m", "cli", "train", "--config", "configs/cluster.yaml",
               *overrides]
     for _ in range(10):  # the head answers before its job agent is up: "No available agent to submit job"
         proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)

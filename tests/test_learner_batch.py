@@ -94,6 +94,30 @@ def test_fold_samples_rebuild_the_unfold_trace_and_loss_covers_responses_only(to
     assert "after op 2" in tokenizer.decode(fold[2].prompt_ids) and "ones" not in tokenizer.decode(fold[2].prompt_ids)
 
 
+@pytest.mark.parametrize("fold", [False, True])
+def test_policy_samples_ask_with_comp_auto_and_answer_with_the_budget_token_first(tokenizer, fold):
+    from actors.fold import first_context, parse_segment
+
+    problem = problems(TaskConfig(min_steps=2, max_steps=2), "eval")[0]
+    samples = trace_samples(tokenizer, problem, fold=fold, budget=40, policy=True)
+    fixed = trace_samples(tokenizer, problem, fold=fold, budget=40)
+    prompt = tokenizer.decode(samples[0].prompt_ids, skip_special_tokens=False)
+    assert prompt.endswith("<COMP_AUTO><|assistant|>") and first_context("auto") == ""
+    # The same tokens as the fixed-budget sample, but `<COMP_40> <think>` moved from prompt to response.
+    assert samples[0].prompt_ids + samples[0].response_ids == \
+        tokenizer.apply_chat_template([{"role": "user", "content": problem.question + " <COMP_AUTO>"}],
+                                      add_generation_prompt=True, return_dict=False) + \
+        tokenizer.encode(tokenizer.decode(fixed[0].prompt_ids[-2:]) + tokenizer.decode(fixed[0].response_ids),
+                         add_special_tokens=False)
+    first = tokenizer.decode(samples[0].response_ids)
+    assert first.startswith("<COMP_40><think>")
+    if fold:  # what the generator's Fold protocol reads from a policy-mode first segment
+        assert parse_segment(first, "stop", True, first=True, policy=True).chosen_budget == 40
+        # Later contexts carry the chosen budget, as `FoldChain.context` builds them after that choice.
+        assert "<COMP_AUTO><|assistant|><COMP_40><think><step> after op 1" in tokenizer.decode(
+            samples[1].prompt_ids, skip_special_tokens=False)
+
+
 def test_trace_stream_depends_only_on_position(tokenizer):
     task, sft = TaskConfig(train_size=50), SFTConfig(fold_fraction=0.5, budgets=(20, 100))
     a, b = TraceStream(tokenizer, task, sft), TraceStream(tokenizer, task, sft)

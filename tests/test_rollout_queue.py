@@ -67,15 +67,16 @@ def test_ledger_resume_state_covers_everything_untrained():
     assert [resumed.issue() for _ in range(5)] == [0, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize("staleness", [0, 2])
-def test_simulated_run_trains_every_prompt_exactly_once(staleness):
-    """Generators with random latency that sometimes die mid-rollout, weights updated after every step."""
+@pytest.mark.parametrize("staleness,skip", [(0, False), (2, False), (1, True)])
+def test_simulated_run_trains_every_prompt_exactly_once(staleness, skip):
+    """Generators with random latency that sometimes die mid-rollout, weights updated after every step;
+    with `skip`, dynamic sampling sets aside a random half of the groups as uninformative."""
     rng = random.Random(staleness)
     steps, per_step = 12, 3
     trained: list[int] = []
 
     async def main():
-        queue = RolloutQueue(PromptLedger(), groups_per_step=per_step, max_staleness=staleness)
+        queue = RolloutQueue(PromptLedger(), groups_per_step=per_step, max_staleness=staleness, skip_uninformative=skip)
         versions_seen = []
 
         async def generator(worker: int):
@@ -86,7 +87,7 @@ def test_simulated_run_trains_every_prompt_exactly_once(staleness):
                 if rng.random() < 0.15:  # the generator died mid-trajectory
                     await queue.abandon(index)
                     continue
-                await queue.put(Group(index=index, version=version))
+                await queue.put(Group(index=index, version=version), informative=rng.random() < 0.5)
 
         workers = [asyncio.create_task(generator(i)) for i in range(4)]
         for step in range(steps):
@@ -103,7 +104,23 @@ def test_simulated_run_trains_every_prompt_exactly_once(staleness):
 
     queue = run(main())
     assert len(trained) == len(set(trained)) == steps * per_step
-    # Nothing skipped: every position below the frontier is trained or still owed by the ledger.
-    owed = set(queue.ledger.state_dict()["retry"])
-    assert set(range(queue.ledger.next_index)) == set(trained) | owed
-    assert not set(trained) & owed
+    # Nothing lost: every position below the frontier is trained, set aside, or still owed by the ledger.
+    owed, aside = set(queue.ledger.state_dict()["retry"]), set(queue.set_aside)
+    assert set(range(queue.ledger.next_index)) == set(trained) | owed | aside
+    assert not set(trained) & owed and not set(trained) & aside and not owed & aside
+    assert bool(aside) == skip and len(aside) <= steps * per_step  # at most one batch's worth per version
+
+
+def test_dynamic_sampling_gives_way_after_one_batch_of_uninformative_groups():
+    """A policy right on everything still trains: after `groups_per_step` set-asides in a version,
+    uninformative groups go into the batch."""
+
+    async def main():
+        queue = RolloutQueue(PromptLedger(), groups_per_step=2, max_staleness=0, skip_uninformative=True)
+        for _ in range(4):
+            index = await queue.admit()
+            await queue.put(Group(index=index, version=0), informative=False)
+        return queue, await queue.take_batch()
+
+    queue, batch = run(main())
+    assert len(queue.set_aside) == 2 and len(batch) == 2

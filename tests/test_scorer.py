@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from cluster.cli import main as accordion
+from cli import main as accordion
 from configs.schema import RewardConfig
 from rewards.bench import adversarial
 from rewards.scorer import ItemError, Scorer
@@ -74,7 +74,7 @@ def test_score_command_skips_bad_lines_by_number(tmp_path, capsys):
              json.dumps({**good, "answer": "999"})]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join(lines) + "\n")
-    assert accordion(["score", "--in", str(src), "--out", str(out)]) == 0
+    assert accordion(["score", "--in", str(src), "--out", str(out), "reward.name=accordion"]) == 0
     err = capsys.readouterr().err
     assert f"{src}:2: malformed JSON" in err and f"{src}:3: missing field(s) answer (skipped)" in err
     assert "2 lines scored, 2 skipped: accuracy 50.0%" in err and "lines/s" in err
@@ -82,5 +82,5 @@ def test_score_command_skips_bad_lines_by_number(tmp_path, capsys):
     assert [r["correct"] for r in rows] == [True, False] and rows[1]["answer"] == "999"
     assert {"pred", "correct", "reward", "components", "timed_out"} <= rows[0].keys()
 
-    assert accordion(["score", "--in", str(src), "--out", str(out), "--strict"]) == 2
+    assert accordion(["score", "--in", str(src), "--out", str(out), "--strict", "reward.name=accordion"]) == 2
     assert f"{src}:2: malformed JSON" in capsys.readouterr().err

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from cluster.train import Trainer, prepare_run, train
+from cluster.run_dir import prepare_run
+from cluster.train import Trainer, train
 from cluster.weight_sync import checksum
 from configs.schema import ModelConfig
 from models.build import build_tiny_model
@@ -31,7 +32,8 @@ def model_dir(tmp_path_factory):
 def overrides(run_dir, model_dir, **extra):
     base = {
         "run_dir": run_dir, "model.path": model_dir,
-        "rl.prompts_per_step": 2, "rl.samples_per_prompt": 2, "rl.eval_every": 0, "rl.eval_size": 4,
+        "rl.prompts_per_step": 2, "rl.samples_per_prompt": 2, "eval.every": 0, "eval.questions": 4,
+        "eval.samples": 1,
         "rl.save_every": 2, "rl.bucket_mb": 1,
         "generator.segment_tokens": 24, "generator.max_segments": 3, "generator.max_tokens": 64,
         "generator.max_prompt_tokens": 256, "generator.max_model_len": 512,
@@ -53,8 +55,9 @@ def assert_exactly_once(trainer, steps):
     trained = trainer.trained_indices
     assert len(trained) == len(set(trained)) == steps * trainer.rl.prompts_per_step
     owed = set(trainer.queue.ledger.state_dict()["retry"])
-    assert not set(trained) & owed
-    assert set(range(trainer.queue.ledger.next_index)) == set(trained) | owed
+    set_aside = trainer.queue.set_aside  # generated, taught nothing (dynamic sampling): used up, not owed
+    assert not set(trained) & owed and not set(set_aside) & (owed | set(trained))
+    assert set(range(trainer.queue.ledger.next_index)) == set(trained) | owed | set(set_aside)
 
 
 def test_async_fold_rl_syncs_weights_logs_and_resumes(ray_local, model_dir, tmp_path):
@@ -64,7 +67,7 @@ def test_async_fold_rl_syncs_weights_logs_and_resumes(ray_local, model_dir, tmp_
     assert trainer.step == 2
     assert_exactly_once(trainer, 2)
     # The generators acknowledged version 2, and what they verified is the learner's final weights.
-    version, _, sent = trainer.weights
+    version, _, sent = trainer.pool.weights
     assert version == 2
     final = run_dir / "checkpoints" / "step_2"
     from transformers import AutoModelForCausalLM
@@ -98,7 +101,7 @@ def test_sync_mode_survives_a_generator_killed_mid_step(ray_local, model_dir, tm
         async def kill_after_first_step():
             while trainer.step < 1:
                 await asyncio.sleep(0.1)
-            ray.kill(trainer.generators[0])  # step 2's rollouts are in flight on it
+            ray.kill(trainer.pool.actors[0])  # step 2's rollouts are in flight on it
 
         killer = asyncio.create_task(kill_after_first_step())
         await trainer.run()
@@ -109,4 +112,4 @@ def test_sync_mode_survives_a_generator_killed_mid_step(ray_local, model_dir, tm
     trainer = asyncio.run(run_and_kill())
     assert trainer.step == 3
     assert_exactly_once(trainer, 3)
-    assert trainer.weights[0] == 3
+    assert trainer.pool.weights[0] == 3

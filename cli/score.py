@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from cluster.cli import add_config_arguments, config_from_args
+from configs import add_config_arguments, config_from_args
 from tasks.benchmarks import DataFileError
 
 

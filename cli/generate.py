@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from cluster.cli import add_config_arguments, config_from_args
+from configs import add_config_arguments, config_from_args
 from tasks.benchmarks import DataFileError, check_jsonl
 
 

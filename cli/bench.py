@@ -9,6 +9,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "fold": ("actors.bench_fold", "Fold vs Unfold generation throughput at one KV-cache budget"),
     "sync": ("cluster.bench_sync", "bucketed vs per-tensor weight sync, learner -> generator, ~100 M params"),
     "async": ("cluster.bench_async", "the RL loop synchronous vs asynchronous (max_staleness), trajectories/s"),
+    "sft": ("learners.bench_sft", "tokens/s of the SFT training step (1 and 2 DeepSpeed ranks) vs a bare PyTorch loop"),
 }
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cluster.cli import add_config_arguments, config_from_args
+from configs import add_config_arguments, config_from_args
 
 
 def main(argv: list[str], prog: str) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cluster.cli import add_config_arguments, config_from_args
+from configs import add_config_arguments, config_from_args
 from tasks.arithmetic import lax_steps, problems, verbosity_levels
 from tasks.format import reasoning_tokens
 

@@ -1,0 +1,96 @@
+"""`accordion sft`: supervised cold start of the model on the built-in task's gold step traces.
+
+Writes `<out>/checkpoint` (a Hugging Face folder; rerunning resumes from it), logs one MLflow run
+(default store `sqlite:///<out>/mlflow.db`), and finally evaluates Unfold and Fold on the held-out
+problems (the `eval` section's protocol: k samples at a temperature, and greedy) into `<out>/metrics.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from configs import ConfigError, add_config_arguments, config_from_args
+from configs.schema import Config
+
+
+def main(argv: list[str], prog: str) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--out", required=True, help="run folder: model, checkpoint, MLflow store, metrics.json")
+    parser.add_argument("--no-eval", action="store_true", help="skip the final accuracy evaluation")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    try:
+        metrics = sft(cfg, out, evaluate=not args.no_eval)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; {out}/checkpoint holds the last saved step. Continue with the same "
+              f"command: it resumes from there.")
+        return 130
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def sft(cfg: Config, out: Path, evaluate: bool = True, store_dir: Path | None = None) -> dict[str, Any]:
+    """Train (resuming from `out/checkpoint`), evaluate, write `out/metrics.json`; returns its metrics.
+    MLflow's default store is `<store_dir or out>/mlflow.db` (the RL job keeps SFT and RL in one store)."""
+    if cfg.task.name != "arithmetic":
+        raise ConfigError(f"task.name {cfg.task.name!r}: sft trains on the built-in arithmetic task only")
+    out.mkdir(parents=True, exist_ok=True)
+
+    import ray
+
+    from cluster.tracking import Tracker, tracking_uri
+    from learners.sft import CHECKPOINT, run_sft
+
+    start = time.perf_counter()
+    state_file = out / CHECKPOINT / "training_state.json"
+    run_id = json.loads(state_file.read_text()).get("mlflow_run_id") if state_file.is_file() else None
+    name = f"{cfg.tracking.run_name}-sft" if cfg.tracking.run_name else "sft"
+    tracker = Tracker(cfg, tracking_uri(cfg.tracking.uri, store_dir or out), cfg.tracking.experiment, run_id, name)
+    status = "FAILED"
+    try:
+        # A private local Ray unless this runs inside a Ray job (RAY_ADDRESS set) or Ray is up already.
+        own_ray = not ray.is_initialized()
+        if own_ray:
+            ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False, log_to_driver=False)
+        checkpoint, state, described = run_sft(cfg, out, tracker.log, {"mlflow_run_id": tracker.run_id})
+        if own_ray:
+            ray.shutdown()  # frees the cores for the evaluation engine
+        tracker.tags({f"precision.{k}": v for k, v in described.items()})
+        metrics = {"steps": state["step"], "traces": state["data_position"], "train_s": time.perf_counter() - start,
+                   "precision": described["precision"], "cpu": described["machine"]}
+        if evaluate:
+            metrics |= held_out_accuracy(checkpoint, cfg)
+        metrics["wall_s"] = time.perf_counter() - start
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        tracker.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, state["step"])
+        tracker.artifact(out / "metrics.json")
+        status = "FINISHED"
+        print(f"checkpoint: {checkpoint}")
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close(status)
+    return metrics
+
+
+def held_out_accuracy(checkpoint: Path, cfg: Config) -> dict[str, Any]:
+    """Unfold and Fold on the held-out problems with the final protocol, on one in-process engine."""
+    import asyncio
+
+    from evals.runner import local_backend, modes, protocols
+    from tasks.dataset import records
+
+    async def run() -> dict[str, Any]:
+        async with local_backend(str(checkpoint), cfg) as (rollout, check, generator):
+            protocol = protocols(cfg.eval)["final"]
+            result = await modes(rollout, check, records(cfg.task, "eval"), cfg.eval.budget, protocol, "sft eval")
+            return {**result, "generator_dtype": generator.dtype, "protocol": protocol.as_dict()}
+
+    return asyncio.run(run())

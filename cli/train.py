@@ -1,0 +1,103 @@
+"""`accordion train` (and `python -m cli train` under `ray job submit`): the main job.
+
+1. With the embedded default (`model.path` empty): build the tiny model and cold-start it with SFT
+   into `<run_dir>/sft`, then evaluate it (Fold starts behind Unfold: the gap RL must close).
+2. RL on Ray (`cluster.train`), evaluating every `eval.every` steps and, at the end, with the full
+   protocol, the budget sweep and the harder problems.
+3. `<run_dir>/report.json` and a table of every evaluation (`evals.report`).
+
+Ctrl-C stops the job at any point within seconds: actors are shut down, the last checkpoint stays
+valid, and `--resume RUN_DIR` continues where it stopped (SFT included).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.run_dir import REPORT, STATE, prepare_run, read_evals, write_json
+from configs import add_config_arguments
+from configs.schema import Config
+
+
+def main(argv: list[str], prog: str = "accordion train") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    args = parser.parse_args(argv)
+    cfg, run_dir, state = prepare_run(args.config, args.overrides, args.resume)
+    start = time.perf_counter()
+    try:
+        report = run(cfg, run_dir, state)
+    except KeyboardInterrupt:
+        saved = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else None
+        where = f"the checkpoint of RL step {saved['step']}" if saved else "its SFT checkpoint" \
+            if (run_dir / "sft" / "checkpoint").is_dir() else "no checkpoint yet"
+        print(f"\n{prog}: interrupted after {time.perf_counter() - start:.0f} s; {run_dir} holds {where}.\n"
+              f"continue with: accordion train --resume {run_dir}", file=sys.stderr)
+        return 130
+    from evals.report import print_report
+
+    print_report(report)
+    print(f"report: {run_dir / REPORT}; browse the run with: mlflow ui --backend-store-uri "
+          f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
+    return 0
+
+
+def run(cfg: Config, run_dir: Path, state: dict | None) -> dict[str, Any]:
+    """Cold start if needed, RL to `rl.steps`, then `report.json`; returns the report."""
+    import ray
+
+    from cluster.train import train
+
+    report_path = run_dir / REPORT
+    previous = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    start = time.perf_counter()
+    sft = None
+    if not cfg.model.path:
+        cfg, sft = cold_start(cfg, run_dir)
+    if not ray.is_initialized():
+        # Inside `ray job submit` RAY_ADDRESS names the cluster (no runtime_env here: the job's applies);
+        # otherwise a private local Ray, never a stray one left running on this machine.
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False)
+    trainer = asyncio.run(train(cfg, run_dir, state))
+    print(f"trained {trainer.step} steps; run folder {run_dir}; MLflow run {trainer.tracker.run_id}")
+    # A resumed run adds its wall time to what the earlier sessions spent.
+    report: dict[str, Any] = {"wall_s": previous.get("wall_s", 0.0) + time.perf_counter() - start,
+                              "precision": trainer.precision["learner"], "cpu": trainer.precision["machine"],
+                              "generator_dtype": trainer.precision["generator"]}
+    if sft:
+        report["sft"] = sft
+    report["rl_evals"] = read_evals(run_dir, upto=trainer.step)
+    report |= trainer.final or {k: previous[k] for k in ("final", "budgets", "harder", "protocol") if k in previous}
+    report.setdefault("protocol", {})["periodic"] = {"questions": cfg.eval.periodic_questions,
+                                                     "samples": cfg.eval.periodic_samples,
+                                                     "temperature": cfg.eval.temperature}
+    from evals.report import targets
+
+    report["targets"] = targets(report)
+    write_json(report_path, report)
+    trainer.tracker.artifact(report_path)
+    return report
+
+
+def cold_start(cfg: Config, run_dir: Path) -> tuple[Config, dict[str, Any]]:
+    """The embedded default names no model: RL then starts from the tiny model after SFT on the built-in
+    gold traces (`accordion sft --out <run_dir>/sft`: resumable, skipped once done); returns the config
+    pointing at the SFT checkpoint and the SFT's evaluation."""
+    from cli.sft import sft
+    from learners.sft import CHECKPOINT
+
+    sft_dir = run_dir / "sft"
+    if (sft_dir / "metrics.json").is_file():
+        metrics = json.loads((sft_dir / "metrics.json").read_text())
+    else:
+        print(f"model.path is empty: cold-starting the built-in tiny model with SFT into {sft_dir}")
+        metrics = sft(cfg, sft_dir, store_dir=run_dir)
+    sft_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(sft_dir / CHECKPOINT)})})
+    return sft_cfg, metrics

@@ -1,0 +1,86 @@
+"""The driver's handle on the generator actors: placement, load balancing, and replacing the dead.
+
+The pool remembers the last weights it delivered (version, object-store refs, checksum), so a
+generator started in place of a dead one catches up before it serves a rollout.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from actors.fold import RolloutRequest, Trajectory
+from configs.schema import ClusterConfig, GeneratorConfig
+
+
+class GeneratorPool:
+    """`cluster.generators` `GeneratorActor`s on `start_from`, each in its bundle of `placement`."""
+
+    def __init__(self, start_from: str, cfg: GeneratorConfig, cluster: ClusterConfig, seed: int, placement: Any = None):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from actors.generator_actor import GeneratorActor
+
+        def new(slot: int) -> Any:
+            where = {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement, slot)} if placement else {}
+            return GeneratorActor.options(num_cpus=cluster.generator_cpus, num_gpus=cluster.generator_gpus,
+                                          max_concurrency=1000, **where).remote(start_from, cfg, seed + slot)
+
+        self._new: Callable[[int], Any] = new
+        self.actors = [new(i) for i in range(cluster.generators)]
+        self.busy = [0] * cluster.generators
+        self.weights: tuple[int, list, str] | None = None
+        """The last weights every live generator holds: (version, bucket refs, checksum)."""
+        self.catch_up: Callable[[], tuple[list, str]] | None = None
+        """Where a replacement gets bucket refs when `weights` holds none (gloo sends no refs)."""
+        self.described: dict = {}
+        """What the first generator reported at start: kv_tokens, dtype, machine."""
+
+    async def start(self) -> None:
+        started = await asyncio.gather(*(g.start.remote() for g in self.actors))
+        self.described = started[0]
+
+    async def rollout(self, requests: list[RolloutRequest]) -> list[Trajectory]:
+        """Run `requests` on the least busy generator. A generator that dies is replaced and the raised
+        `RayActorError` tells the caller its requests are lost (the queue re-issues them)."""
+        import ray
+
+        slot = min(range(len(self.actors)), key=lambda i: self.busy[i])
+        actor = self.actors[slot]
+        self.busy[slot] += 1
+        try:
+            return await actor.rollout.remote(requests)
+        except ray.exceptions.RayActorError:
+            await self.replace(slot, actor)
+            raise
+        finally:
+            self.busy[slot] -= 1
+
+    async def replace(self, slot: int, dead: Any) -> None:
+        """A generator died: start a new one in its bundle and give it the current weights."""
+        if self.actors[slot] is not dead:
+            return  # another caller already replaced it
+        fresh = self._new(slot)
+        self.actors[slot] = fresh
+        await fresh.start.remote()
+        if self.weights is not None:
+            version, refs, digest = self.weights
+            if refs is None and self.catch_up is not None:
+                refs, digest = await asyncio.to_thread(self.catch_up)
+            await fresh.update_weights.remote(version, refs, digest)
+
+    async def replace_dead(self) -> None:
+        """Replace every generator that no longer answers."""
+        import ray
+
+        for slot, actor in enumerate(list(self.actors)):
+            try:
+                await actor.version.remote()
+            except ray.exceptions.RayActorError:
+                await self.replace(slot, actor)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

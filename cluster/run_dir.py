@@ -1,0 +1,69 @@
+"""The run folder of one job: what a new run writes first and what `--resume` reads back.
+
+    <run_dir>/config.yaml        the resolved config (every default filled in)
+              state.json         step, data ledger, checkpoint path, MLflow run id: written last, atomically
+              checkpoints/step_N Hugging Face folders (weights, tokenizer, optimizer state)
+              evals.jsonl        one line per RL evaluation, appended as they happen
+              report.json        the job's evaluations in one file (`evals.report`)
+              sft/               the SFT cold start of the embedded default
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from configs import ConfigError, load_config
+from configs.schema import Config
+
+STATE = "state.json"
+RESOLVED_CONFIG = "config.yaml"
+EVALS = "evals.jsonl"
+REPORT = "report.json"
+
+
+def prepare_run(config: str | None, overrides: list[str], resume: str | None) -> tuple[Config, Path, dict | None]:
+    """A new run refuses a folder that already holds one; `--resume` reads config and state from it."""
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / RESOLVED_CONFIG).is_file():
+            raise ConfigError(f"--resume {run_dir}: no {RESOLVED_CONFIG} there (not a run folder)")
+        cfg = load_config(run_dir / RESOLVED_CONFIG, overrides)
+        state = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else None
+        return cfg, run_dir, state
+    cfg = load_config(config, overrides)
+    run_dir = Path(cfg.run_dir)
+    if (run_dir / RESOLVED_CONFIG).exists():
+        raise ConfigError(f"run_dir {run_dir} already holds a run: continue it with --resume {run_dir}, "
+                          f"or pass run_dir=<new folder>")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RESOLVED_CONFIG).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return cfg, run_dir, None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write to a temporary name, then rename: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def append_eval(run_dir: Path, entry: dict) -> None:
+    with open(run_dir / EVALS, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def read_evals(run_dir: Path, upto: int | None = None) -> list[dict]:
+    """The RL evaluations in step order; a step evaluated twice (work redone after a resume) counts once,
+    its latest; with `upto`, only steps a checkpoint covers."""
+    path = run_dir / EVALS
+    if not path.is_file():
+        return []
+    latest = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            latest[entry["step"]] = entry
+    return [latest[s] for s in sorted(latest) if upto is None or s <= upto]

@@ -1,0 +1,113 @@
+"""The main job's `report.json` and the tables printed from evaluation results.
+
+    {"wall_s", "precision", "cpu",
+     "sft":      {"unfold_accuracy", "fold_accuracy", "*_greedy", "*_peak_context", "wall_s"},
+     "rl_evals": [{"step", "unfold_accuracy", "fold_accuracy", ...}, ...],
+     "final":    {"unfold_accuracy", "fold_accuracy", "unfold_peak_context", "fold_peak_context", ...},
+     "budgets":  {"20": {"accuracy", "reasoning_tokens", "ratio", ...}, ..., "auto": {..., "chosen"}},
+     "harder":   {"steps", "unfold_accuracy", "fold_accuracy", ...},
+     "protocol": {"final": {...}, "periodic": {...}, "budgets": {...}, "harder": {...}},
+     "targets":  {name: {"value", "target", "met"}}}
+
+Accuracies are means over sampled trajectories (`protocol` says how many, at which temperature).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The main job's targets, checked on what the report holds (a part that was not run is left out)."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def check(name: str, value: float, target: str, met: bool) -> None:
+        out[name] = {"value": round(value, 4), "target": target, "met": bool(met)}
+
+    if {"unfold_accuracy", "fold_accuracy"} <= set(report.get("sft", {})):
+        sft = report["sft"]
+        check("sft_unfold_accuracy", sft["unfold_accuracy"], ">= 0.95", sft["unfold_accuracy"] >= 0.95)
+        check("sft_gap", sft["unfold_accuracy"] - sft["fold_accuracy"], ">= 0.30",
+              sft["unfold_accuracy"] - sft["fold_accuracy"] >= 0.30)
+    last = [e for e in report.get("rl_evals", []) if "fold_accuracy" in e][-2:]
+    if len(last) == 2:
+        gap = max(abs(e["unfold_accuracy"] - e["fold_accuracy"]) for e in last)
+        check("rl_gap_last_two", gap, "<= 0.02", gap <= 0.02)
+        unfold = min(e["unfold_accuracy"] for e in last)
+        check("rl_unfold_last_two", unfold, ">= 0.95", unfold >= 0.95)
+    budgets = report.get("budgets", {})
+    if "auto" in budgets and "100" in budgets:
+        auto, full = budgets["auto"], budgets["100"]
+        share = auto["reasoning_tokens"] / max(full["reasoning_tokens"], 1e-9)
+        check("auto_tokens_vs_100", share, "<= 0.40", share <= 0.40)
+        loss = full["accuracy"] - auto["accuracy"]
+        check("auto_accuracy_loss", loss, "<= 0.01", loss <= 0.01)
+    for key in ("20", "40", "60", "80"):
+        if "ratio" in budgets.get(key, {}):
+            error = budgets[key]["ratio"] - int(key) / 100
+            check(f"ratio_{key}", budgets[key]["ratio"], f"{int(key) / 100:.2f} +- 0.10", abs(error) <= 0.10)
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def modes_table(rows: list[tuple[str, dict[str, Any]]], title: str) -> Table:
+    """One row per evaluation of both modes (after SFT, each RL evaluation, final, harder)."""
+    table = Table(title=title, title_justify="left")
+    for column in ("", "Unfold", "Fold", "gap", "Unfold greedy", "Fold greedy", "peak ctx U / F"):
+        table.add_column(column, justify="left" if not column else "right")
+    for label, m in rows:
+        gap = None if "fold_unfold_gap" not in m else 100 * m["fold_unfold_gap"]
+        table.add_row(label, _pct(m.get("unfold_accuracy")), _pct(m.get("fold_accuracy")), _num(gap),
+                      _pct(m.get("unfold_accuracy_greedy")), _pct(m.get("fold_accuracy_greedy")),
+                      f"{_num(m.get('unfold_peak_context'), 0)} / {_num(m.get('fold_peak_context'), 0)}")
+    return table
+
+
+def cells_table(cells: dict[str, dict[str, Any]], title: str) -> Table:
+    """One row per cell (a budget of the sweep, or a mode@budget of `accordion eval`)."""
+    table = Table(title=title, title_justify="left")
+    for column in ("", "accuracy", "pass@k", "greedy", "reasoning tok", "r-hat", "peak ctx", "tok/s", "chosen"):
+        table.add_column(column, justify="left" if column in ("", "chosen") else "right")
+    for name, m in cells.items():
+        chosen = " ".join(f"{b}:{100 * share:.0f}%" for b, share in m.get("chosen", {}).items())
+        table.add_row(name, _pct(m.get("accuracy")), _pct(m.get("pass_at_k")), _pct(m.get("accuracy_greedy")),
+                      _num(m.get("reasoning_tokens")), _num(m.get("ratio"), 2), _num(m.get("peak_context"), 0),
+                      _num(m.get("tokens_per_s"), 0), chosen)
+    return table
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    protocol = report.get("protocol", {}).get("final", {})
+    rows = []
+    if "sft" in report:
+        rows.append(("after SFT", report["sft"]))
+    evals = report.get("rl_evals", [])
+    rows += [(f"RL step {e['step']}" + (" (final)" if e.get("final") else f" ({e['questions']} q x {e['samples']})"), e)
+             for e in evals]
+    if "final" in report and not any(e.get("final") for e in evals):
+        rows.append(("final", report["final"]))
+    if "harder" in report:
+        rows.append((f"harder ({report['harder']['steps'][0]}-{report['harder']['steps'][1]} ops)", report["harder"]))
+    console.print(modes_table(rows, f"Accuracy, mean of {protocol.get('samples', '?')} samples per question at "
+                                    f"temperature {protocol.get('temperature', '?')} ({report.get('precision', '?')}, "
+                                    f"{report.get('cpu', '?')})"))
+    if "budgets" in report:
+        console.print(cells_table(report["budgets"], "Budgets, Fold mode (r-hat: reasoning tokens / same model's "
+                                                     "<COMP_100> length)"))
+    if report.get("targets"):
+        table = Table(title="Targets", title_justify="left")
+        for column in ("", "value", "target", "met"):
+            table.add_column(column)
+        for name, t in report["targets"].items():
+            table.add_row(name, str(t["value"]), t["target"], "[green]yes[/]" if t["met"] else "[red]no[/]")
+        console.print(table)

@@ -1,0 +1,182 @@
+"""Evaluation, one path for `accordion sft`, the RL loop and `accordion eval`.
+
+`evaluate` rolls out every cell (mode x budget) on the same questions under one `Protocol` and turns
+the trajectories into `evals.metrics`. It knows nothing of where generation and answer checking run:
+it is given two coroutines, `rollout(requests) -> trajectories` and `check(items) -> scored items`. The RL
+loop passes its generator actors and reward pool (`cluster.train`); a standalone evaluation passes one
+in-process engine and scorer (`local_backend`). Correctness is always math-verify's, through the
+hang-proof scorer, whatever the training reward is, and only a finished, well-formed trajectory can be
+correct (Accordion scores an unfinished chain 0).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+from actors.fold import RolloutRequest, Trajectory
+from configs.schema import Config, EvalConfig
+from evals.metrics import Outcome, by_mode, cell_metrics, reference_lengths
+from tasks.format import reasoning_tokens
+
+Rollout = Callable[[list[RolloutRequest]], Awaitable[list[Trajectory]]]
+Check = Callable[[list[dict]], Awaitable[list[dict]]]
+"""Scores items `{response, answer, status}` with `rewards.scorer` (at least `correct` and `status` back)."""
+MODES = ("unfold", "fold")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one evaluation samples: `samples` trajectories per question at `temperature`/`top_p`, plus one
+    greedy trajectory per question with `greedy`. Stored beside every result it produced."""
+
+    questions: int
+    samples: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def protocols(cfg: EvalConfig) -> dict[str, Protocol]:
+    """The protocols of the `eval` config section: final (also after SFT), periodic (during RL),
+    budgets (the final budget sweep) and harder (longer problems than trained on)."""
+    def protocol(questions: int, samples: int) -> Protocol:
+        return Protocol(questions, samples, cfg.temperature, cfg.top_p, cfg.greedy)
+
+    return {"final": protocol(cfg.questions, cfg.samples),
+            "periodic": protocol(cfg.periodic_questions, cfg.periodic_samples),
+            "budgets": protocol(cfg.budget_questions, cfg.budget_samples),
+            "harder": protocol(cfg.harder_questions, cfg.harder_samples)}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One request shape: a mode and a budget token (None: none; `auto`: policy mode)."""
+
+    mode: str
+    budget: int | str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.mode if self.budget is None else f"{self.mode}@{self.budget}"
+
+
+async def evaluate(rollout: Rollout, check: Check, records: Sequence[dict], cells: Sequence[Cell],
+                   protocol: Protocol, desc: str = "eval") -> dict[str, dict]:
+    """Metrics per cell name (`evals.metrics.cell_metrics`) on `records[:protocol.questions]`. Budget
+    cells get r-hat when the same mode's `<COMP_100>` cell is among `cells`."""
+    from tqdm import tqdm
+
+    records = list(records)[: protocol.questions]
+    per_cell = protocol.samples + protocol.greedy
+    outcomes: dict[Cell, list[Outcome]] = {}
+    seconds: dict[Cell, float] = {}
+    with tqdm(total=len(cells) * len(records) * per_cell, desc=desc, unit="traj", dynamic_ncols=True,
+              leave=False) as bar:
+        for cell in cells:
+            bar.set_postfix(cell=cell.name)
+            requests = _requests(cell, records, protocol)
+            start = time.perf_counter()
+            trajectories = await _rolled_out(rollout, requests, bar)
+            seconds[cell] = time.perf_counter() - start
+            scored = await check([{"response": t.response, "answer": records[t.meta["question"]]["answer"],
+                                   "status": t.status} for t in trajectories])
+            outcomes[cell] = [
+                Outcome(t.meta["question"], t.meta["greedy"], s["correct"] and s["status"] == "answered", s["status"],
+                        reasoning_tokens(t.response), t.generated_tokens, t.peak_context,
+                        t.chosen_budget if cell.budget == "auto" else None)
+                for t, s in zip(trajectories, scored)
+            ]
+    references = {c.mode: reference_lengths(outcomes[c]) for c in cells if c.budget == 100}
+    return {c.name: cell_metrics(outcomes[c], seconds[c], references.get(c.mode) if c.budget is not None else None)
+            for c in cells}
+
+
+def _requests(cell: Cell, records: Sequence[dict], protocol: Protocol) -> list[RolloutRequest]:
+    requests = []
+    for q, record in enumerate(records):
+        for j in range(protocol.samples):
+            requests.append(RolloutRequest(f"{cell.name}:{q}:{j}", record["question"], cell.mode, cell.budget,
+                                           protocol.temperature, protocol.top_p, {"question": q, "greedy": False}))
+        if protocol.greedy:
+            requests.append(RolloutRequest(f"{cell.name}:{q}:greedy", record["question"], cell.mode, cell.budget,
+                                           0.0, 1.0, {"question": q, "greedy": True}))
+    return requests
+
+
+async def _rolled_out(rollout: Rollout, requests: list[RolloutRequest], bar) -> list[Trajectory]:
+    """All of `requests` submitted at once, in chunks, so the progress bar moves as chunks finish."""
+    size = max(16, -(-len(requests) // 16))
+    chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
+
+    async def one(chunk: list[RolloutRequest]) -> list[Trajectory]:
+        done = await rollout(chunk)
+        bar.update(len(chunk))
+        return done
+
+    return [t for chunk in await asyncio.gather(*map(one, chunks)) for t in chunk]
+
+
+async def modes(rollout: Rollout, check: Check, records: Sequence[dict], budget: int | str | None,
+                protocol: Protocol, desc: str = "eval") -> dict[str, float]:
+    """Unfold and Fold on the same questions: the report's flat `unfold_accuracy`, `fold_accuracy`,
+    `*_greedy`, `*_peak_context`, `*_reasoning_tokens` and `fold_unfold_gap`."""
+    cells = [Cell(mode, budget) for mode in MODES]
+    results = await evaluate(rollout, check, records, cells, protocol, desc)
+    return by_mode({c.mode: results[c.name] for c in cells})
+
+
+async def budget_sweep(rollout: Rollout, check: Check, records: Sequence[dict], budgets: Sequence[int | str],
+                       protocol: Protocol) -> dict[str, dict]:
+    """Fold mode at each budget token (and `<COMP_100>`, the reference of r-hat), keyed by budget."""
+    wanted = list(dict.fromkeys([*budgets, 100]))
+    results = await evaluate(rollout, check, records, [Cell("fold", b) for b in wanted], protocol, "budgets")
+    return {str(b): results[Cell("fold", b).name] for b in wanted}
+
+
+async def final_suite(rollout: Rollout, check: Check, cfg: Config) -> dict[str, Any]:
+    """The end-of-job evaluation: `final` (both modes), `budgets` (with `eval.budgets`) and `harder`
+    (with `eval.harder_steps`), plus the protocol of each part."""
+    from tasks.dataset import records
+
+    e = cfg.eval
+    proto = protocols(e)
+    held_out = records(cfg.task, "eval")
+    out: dict[str, Any] = {"final": await modes(rollout, check, held_out, e.budget, proto["final"], "final eval")}
+    used = {"final": proto["final"].as_dict()}
+    if e.budgets:
+        out["budgets"] = await budget_sweep(rollout, check, held_out, e.budgets, proto["budgets"])
+        used["budgets"] = proto["budgets"].as_dict()
+    if e.harder_steps:
+        low, high = e.harder_steps
+        harder_task = cfg.task.model_copy(update={"min_steps": low, "max_steps": high})
+        out["harder"] = {"steps": [low, high], **await modes(rollout, check, records(harder_task, "eval"), e.budget,
+                                                             proto["harder"], "harder eval")}
+        used["harder"] = proto["harder"].as_dict()
+    out["protocol"] = used
+    return out
+
+
+@contextlib.asynccontextmanager
+async def local_backend(model_path: str, cfg: Config) -> AsyncIterator[tuple[Rollout, Check, Any]]:
+    """One in-process vLLM engine and scorer (no Ray): `(rollout, check, generator)`."""
+    from actors.generator import Generator
+    from rewards.scorer import Scorer
+
+    generator = Generator(model_path, cfg.generator, seed=cfg.task.seed)
+    scorer = Scorer(cfg.reward.model_copy(update={"name": "accordion"}))
+    await generator.start()
+
+    async def check(items: list[dict]) -> list[dict]:
+        return await asyncio.to_thread(scorer.score, items)
+
+    try:
+        yield generator.rollout, check, generator
+    finally:
+        await generator.shutdown()
+        scorer.close()

@@ -1,0 +1,59 @@
+"""Evaluation metrics and the report's target checks: pure functions, hand-computed values."""
+import pytest
+
+from evals.metrics import Outcome, by_mode, cell_metrics, reference_lengths
+from evals.report import targets
+
+
+def outcome(q, correct, tokens=10, greedy=False, chosen=None, status="answered", peak=50):
+    return Outcome(q, greedy, correct, status, tokens, tokens + 2, peak, chosen)
+
+
+def test_accuracy_is_the_mean_over_samples_and_greedy_is_reported_beside_it():
+    outcomes = [outcome(0, True), outcome(0, False), outcome(1, False), outcome(1, False),
+                outcome(0, True, greedy=True), outcome(1, True, greedy=True)]
+    m = cell_metrics(outcomes, seconds=2.0)
+    assert m["accuracy"] == 0.25  # avg@k: 1 of 4 samples
+    assert m["pass_at_k"] == 0.5  # question 0 has a correct sample, question 1 none
+    assert m["accuracy_greedy"] == 1.0  # greedy alone would hide the sampled policy's 25 %
+    assert m["tokens_per_s"] == 6 * 12 / 2.0
+
+
+def test_ratio_is_measured_against_the_same_questions_full_length_samples():
+    full = [outcome(0, True, tokens=100), outcome(0, True, tokens=80), outcome(1, True, tokens=50),
+            outcome(1, True, tokens=999, greedy=True)]  # greedy does not set the reference
+    reference = reference_lengths(full)
+    assert reference == {0: 90.0, 1: 50.0}
+    short = [outcome(0, True, tokens=36), outcome(1, True, tokens=20)]
+    assert cell_metrics(short, 1.0, reference)["ratio"] == pytest.approx((36 / 90 + 20 / 50) / 2)
+
+
+def test_policy_cells_report_the_share_of_each_chosen_budget():
+    m = cell_metrics([outcome(0, True, chosen=40), outcome(0, True, chosen=40), outcome(1, False, chosen=100),
+                      outcome(1, True, chosen=20)], 1.0)
+    assert m["chosen"] == {"20": 0.25, "40": 0.5, "100": 0.25}
+
+
+def test_by_mode_flattens_and_computes_the_gap():
+    flat = by_mode({"unfold": {"accuracy": 0.9, "peak_context": 190.0}, "fold": {"accuracy": 0.3, "peak_context": 99.0}})
+    assert flat["fold_unfold_gap"] == pytest.approx(0.6)
+    assert flat["unfold_peak_context"] == 190.0 and flat["fold_accuracy"] == 0.3
+
+
+def test_targets_are_checked_on_what_the_report_holds():
+    report = {
+        "sft": {"unfold_accuracy": 0.97, "fold_accuracy": 0.40},
+        "rl_evals": [{"step": 10, "unfold_accuracy": 0.96, "fold_accuracy": 0.90},
+                     {"step": 20, "unfold_accuracy": 0.97, "fold_accuracy": 0.96},
+                     {"step": 30, "unfold_accuracy": 0.97, "fold_accuracy": 0.975}],
+        "budgets": {"40": {"ratio": 0.37, "accuracy": 0.9, "reasoning_tokens": 40},
+                    "20": {"ratio": 0.33, "accuracy": 0.1, "reasoning_tokens": 30},
+                    "100": {"accuracy": 0.97, "reasoning_tokens": 100},
+                    "auto": {"accuracy": 0.965, "reasoning_tokens": 38}},
+    }
+    t = targets(report)
+    assert t["sft_unfold_accuracy"]["met"] and t["sft_gap"]["met"]
+    assert t["rl_gap_last_two"]["met"] and t["rl_gap_last_two"]["value"] == pytest.approx(0.01)
+    assert t["auto_tokens_vs_100"]["met"] and t["auto_accuracy_loss"]["met"]
+    assert t["ratio_40"]["met"] and not t["ratio_20"]["met"]
+    assert "ratio_60" not in t and targets({}) == {}

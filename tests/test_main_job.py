@@ -1,0 +1,115 @@
+"""The main job as a user runs it: `accordion train` on the embedded default (configs/local.yaml, scaled down),
+interrupted with Ctrl-C during SFT and during RL, resumed each time, finishing with report.json.
+
+Ctrl-C is what a terminal sends: SIGINT to the whole foreground process group, so Ray's and vLLM's
+processes get it too.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+    "model.intermediate_size=128", "model.max_position_embeddings=512",
+    "task.max_steps=2", "task.eval_size=8", "sft.traces_per_step=8", "sft.eval_traces=4", "sft.save_every=2",
+    "generator.segment_tokens=48", "generator.max_segments=4", "generator.max_tokens=160",
+    "generator.max_prompt_tokens=256", "generator.max_model_len=512",
+    "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.save_every=1", "rl.bucket_mb=1",
+    "reward.processes=1", "eval.questions=4", "eval.samples=2", "eval.every=1", "eval.periodic_questions=2",
+    "eval.periodic_samples=1", "eval.budget_questions=2", "eval.budget_samples=1", "eval.budgets=[40,auto]",
+    "eval.harder_steps=[3,3]", "eval.harder_questions=2", "eval.harder_samples=1",
+]
+
+
+def start(args, log):
+    return subprocess.Popen([sys.executable, "-m", "cli", "train", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(path: Path, text: str, proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert proc.poll() is None, f"exited early:\n{path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{text!r} not seen in {timeout} s:\n{path.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+def ctrl_c(proc, log_path: Path) -> float:
+    """SIGINT to the process group; returns seconds until the job exited. Every process of the group
+    (Ray, vLLM, DeepSpeed ranks, verifier processes) must be gone too."""
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"still running 60 s after Ctrl-C:\n{log_path.read_text()[-3000:]}")
+    took = time.monotonic() - sent
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return took
+        time.sleep(0.5)
+    pytest.fail("processes of the job outlived it by 30 s")
+
+
+def test_ctrl_c_during_sft_and_rl_then_resume_to_the_report(tmp_path):
+    run_dir = tmp_path / "run"
+    log_path = tmp_path / "log.txt"
+    with open(log_path, "w") as log:
+        proc = start(["--config", "configs/local.yaml", f"run_dir={run_dir}", *SMALL, "sft.steps=400", "rl.steps=3"], log)
+        wait_for(log_path, "| 3/400", proc, timeout=240)
+        took = ctrl_c(proc, log_path)
+    out = log_path.read_text()
+    assert proc.returncode == 130, out[-3000:]
+    assert took < 30 and f"continue with: accordion train --resume {run_dir}" in out
+    saved = json.loads((run_dir / "sft" / "checkpoint" / "training_state.json").read_text())
+    assert saved["step"] >= 2
+
+    # Resumed with fewer SFT steps: SFT continues from its checkpoint, then RL starts; Ctrl-C again there.
+    with open(log_path, "w") as log:
+        proc = start(["--resume", str(run_dir), "sft.steps=6"], log)
+        wait_for(log_path, "rl (", proc, timeout=400)
+        wait_for(log_path, "| 1/3", proc, timeout=240)
+        took = ctrl_c(proc, log_path)
+    out = log_path.read_text()
+    assert proc.returncode == 130 and took < 30, out[-3000:]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["step"] >= 1 and Path(state["checkpoint"]).is_dir()
+
+    with open(log_path, "w") as log:
+        proc = start(["--resume", str(run_dir), "sft.steps=6"], log)
+        assert proc.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["sft"]["steps"] == 6 and report["precision"] in ("fp32", "bf16")
+    assert [e["step"] for e in report["rl_evals"]] == [1, 2, 3]
+    assert {"unfold_accuracy", "fold_accuracy", "unfold_peak_context", "fold_peak_context"} <= set(report["final"])
+    assert set(report["budgets"]) == {"40", "auto", "100"} and "ratio" in report["budgets"]["40"]
+    assert report["harder"]["steps"] == [3, 3] and "targets" in report
+    assert "Targets" in log_path.read_text()
+
+    # The same evaluation as a command, on the job's final checkpoint.
+    out = tmp_path / "eval.json"
+    done = subprocess.run([sys.executable, "-m", "cli", "eval", "--model", state_checkpoint(run_dir), "--out", str(out),
+                           "--questions", "2", "--samples", "2", "--budgets", "40", "100", *SMALL],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["cells"]) == {"unfold@40", "unfold@100", "fold@40", "fold@100"}
+    assert result["protocol"]["samples"] == 2 and "ratio" in result["budgets"]["40"]
+    assert "fold@40" in done.stdout
+
+
+def state_checkpoint(run_dir: Path) -> str:
+    return json.loads((run_dir / "state.json").read_text())["checkpoint"]
