@@ -76,7 +76,7 @@ def cells_table(cells: dict[str, dict[str, Any]], title: str) -> Table:
     """One row per cell (a budget of the sweep, or a mode@budget of `accordion eval`)."""
     table = Table(title=title, title_justify="left")
     for column in ("", "accuracy", "pass@k", "greedy", "reasoning tok", "r-hat", "peak ctx", "tok/s", "chosen"):
-        table.add_column(column, justify="left" if column in ("", "chosen") else "right")
+        table.add_column(column, justify="left" if column in ("", "chosen") else "right", no_wrap=column == "")
     for name, m in cells.items():
         chosen = " ".join(f"{b}:{100 * share:.0f}%" for b, share in m.get("chosen", {}).items())
         table.add_row(name, _pct(m.get("accuracy")), _pct(m.get("pass_at_k")), _pct(m.get("accuracy_greedy")),

@@ -101,8 +101,8 @@ def test_ctrl_c_during_sft_and_rl_then_resume_to_the_report(tmp_path):
 
     # The same evaluation as a command, on the job's final checkpoint.
     out = tmp_path / "eval.json"
-    done = subprocess.run([sys.executable, "-m", "cli", "eval", "--model", state_checkpoint(run_dir), "--out", str(out),
-                           "--questions", "2", "--samples", "2", "--budgets", "40", "100", *SMALL],
+    done = subprocess.run([sys.executable, "-m", "cli", "eval", *SMALL, "--model", state_checkpoint(run_dir), "--out",
+                           str(out), "--questions", "2", "--samples", "2", "--budgets", "40", "100"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
