@@ -226,6 +226,9 @@ class Generator:
                 await self._start()
 
     async def _start(self) -> None:
+        # vLLM's INFO lines, and its warning on every weight update about the tensors it derives itself (rotary
+        # cache, the LM head tied to the embedding), would bury the job's progress; export it to see them.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         from vllm.platforms import current_platform
 
         pinned = current_platform.is_cpu() and self.cfg.cpu_ids

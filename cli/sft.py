@@ -66,6 +66,11 @@ def sft(cfg: Config, out: Path, evaluate: bool = True, store_dir: Path | None = 
                    "precision": described["precision"], "cpu": described["machine"]}
         if evaluate:
             metrics |= held_out_accuracy(checkpoint, cfg)
+            p = metrics["protocol"]
+            shown = ", ".join(f"{mode.capitalize()} {metrics[f'{mode}_accuracy']:.1%}"
+                              + (f" (greedy {metrics[f'{mode}_accuracy_greedy']:.1%})" if p["greedy"] else "")
+                              for mode in ("unfold", "fold"))
+            print(f"after SFT ({p['questions']} questions x {p['samples']} samples at temperature {p['temperature']}): {shown}")
         metrics["wall_s"] = time.perf_counter() - start
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         tracker.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, state["step"])
