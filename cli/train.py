@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cluster.run_dir import REPORT, STATE, prepare_run, read_evals, write_json
 from configs import add_config_arguments
@@ -32,14 +35,19 @@ def main(argv: list[str], prog: str = "accordion train") -> int:
     args = parser.parse_args(argv)
     cfg, run_dir, state = prepare_run(args.config, args.overrides, args.resume)
     start = time.perf_counter()
-    try:
-        report = run(cfg, run_dir, state)
-    except KeyboardInterrupt:
+
+    def interrupted() -> None:
         saved = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else None
         where = f"the checkpoint of RL step {saved['step']}" if saved else "its SFT checkpoint" \
             if (run_dir / "sft" / "checkpoint").is_dir() else "no checkpoint yet"
         print(f"\n{prog}: interrupted after {time.perf_counter() - start:.0f} s; {run_dir} holds {where}.\n"
-              f"continue with: accordion train --resume {run_dir}", file=sys.stderr)
+              f"continue with: accordion train --resume {run_dir}", file=sys.stderr, flush=True)
+
+    stop_after_ctrl_c(interrupted)
+    try:
+        report = run(cfg, run_dir, state)
+    except KeyboardInterrupt:
+        interrupted()
         return 130
     from evals.report import print_report
 
@@ -47,6 +55,31 @@ def main(argv: list[str], prog: str = "accordion train") -> int:
     print(f"report: {run_dir / REPORT}; browse the run with: mlflow ui --backend-store-uri "
           f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
     return 0
+
+
+def stop_after_ctrl_c(interrupted: Callable[[], None], grace_s: float = 15.0) -> None:
+    """Ctrl-C raises KeyboardInterrupt in the main thread, as Python does by default, and the job shuts its
+    actors down on the way out. But a library on the path may swallow it (once seen: SFT ran on to its last
+    step after Ctrl-C), so the first Ctrl-C also arms a timer: still running `grace_s` later, the job kills
+    its child processes (local Ray, engines) and exits with 130. Checkpoints are written atomically."""
+
+    def force_exit() -> None:
+        import psutil
+
+        interrupted()
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        os._exit(130)
+
+    def on_sigint(signum, frame) -> None:
+        timer = threading.Timer(grace_s, force_exit)
+        timer.daemon = True
+        timer.start()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
 
 
 def run(cfg: Config, run_dir: Path, state: dict | None) -> dict[str, Any]:
