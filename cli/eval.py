@@ -19,15 +19,15 @@ from configs import add_config_arguments, config_from_args
 
 
 def budget_arg(text: str) -> int | str | None:
+    """A budget as the config's `eval.budget` takes it (the same check), or `none`."""
     if text == "none":
         return None
-    if text == "auto":
-        return text
-    from tasks.format import BUDGETS
+    from configs.schema import known_budgets
 
-    if not text.isdigit() or int(text) not in BUDGETS:
-        raise argparse.ArgumentTypeError(f"budget {text!r}: expected one of {', '.join(map(str, BUDGETS))}, auto or none")
-    return int(text)
+    try:
+        return known_budgets(int(text) if text.isdigit() else text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err}, or none") from None
 
 
 def main(argv: list[str], prog: str) -> int:

@@ -108,10 +108,10 @@ def run(cfg: Config, run_dir: Path, state: dict | None) -> dict[str, Any]:
         report["sft"] = sft
     report["rl_evals"] = read_evals(run_dir, upto=trainer.step)
     report |= trainer.final or {k: previous[k] for k in ("final", "budgets", "harder", "protocol") if k in previous}
-    report.setdefault("protocol", {})["periodic"] = {"questions": cfg.eval.periodic_questions,
-                                                     "samples": cfg.eval.periodic_samples,
-                                                     "temperature": cfg.eval.temperature}
     from evals.report import targets
+    from evals.runner import protocols
+
+    report.setdefault("protocol", {})["periodic"] = protocols(cfg.eval)["periodic"].as_dict()
 
     report["targets"] = targets(report)
     write_json(report_path, report)
