@@ -18,9 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cli.train", "the main job: SFT cold start (embedded default), RL on Ray (Fold / Unfold / Mix, "
                            "CHRPO budgets, async rollouts), evaluations, report.json; MLflow; --resume"),
     "sft": ("cli.sft", "supervised cold start on the built-in step traces (resumable; MLflow; metrics.json)"),
-    "eval": ("cli.eval", "accuracy, reasoning tokens, ratio and peak context of a model: Fold/Unfold x budgets, "
-                         "k samples + greedy"),
+    "eval": ("cli.eval", "accuracy, reasoning tokens, ratio and peak context of a model on the built-in task or "
+                         "MATH-500/GSM8K/AIME24/AMC23: Fold/Unfold x budgets, k samples + greedy, the papers' protocols"),
     "generate": ("cli.generate", "roll out Fold/Unfold trajectories and print them as outlines of step summaries"),
+    "view": ("cli.view", "a trajectory file or a run's latest evaluation as one HTML page: step summaries as an "
+                         "outline, reasoning folded under each, Fold and Unfold side by side"),
     "score": ("cli.score", "check answers and compute rewards for a JSONL of responses (hang-proof)"),
     "task": ("cli.task", "show built-in task problems and their gold traces at each budget"),
     "init-model": ("cli.init_model", "build the tiny built-in tokenizer and model into a folder"),

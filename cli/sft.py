@@ -51,7 +51,7 @@ def sft(cfg: Config, out: Path, evaluate: bool = True, store_dir: Path | None = 
     state_file = out / CHECKPOINT / "training_state.json"
     run_id = json.loads(state_file.read_text()).get("mlflow_run_id") if state_file.is_file() else None
     name = f"{cfg.tracking.run_name}-sft" if cfg.tracking.run_name else "sft"
-    tracker = Tracker(cfg, tracking_uri(cfg.tracking.uri, store_dir or out), cfg.tracking.experiment, run_id, name)
+    tracker = Tracker(cfg.model_dump(mode="json"), tracking_uri(cfg.tracking.uri, store_dir or out), cfg.tracking.experiment, run_id, name)
     status = "FAILED"
     try:
         # A private local Ray unless this runs inside a Ray job (RAY_ADDRESS set) or Ray is up already.
@@ -65,7 +65,7 @@ def sft(cfg: Config, out: Path, evaluate: bool = True, store_dir: Path | None = 
         metrics = {"steps": state["step"], "traces": state["data_position"], "train_s": time.perf_counter() - start,
                    "precision": described["precision"], "cpu": described["machine"]}
         if evaluate:
-            metrics |= held_out_accuracy(checkpoint, cfg)
+            metrics |= held_out_accuracy(checkpoint, cfg, out)
             p = metrics["protocol"]
             shown = ", ".join(f"{mode.capitalize()} {metrics[f'{mode}_accuracy']:.1%}"
                               + (f" (greedy {metrics[f'{mode}_accuracy_greedy']:.1%})" if p["greedy"] else "")
@@ -85,17 +85,27 @@ def sft(cfg: Config, out: Path, evaluate: bool = True, store_dir: Path | None = 
     return metrics
 
 
-def held_out_accuracy(checkpoint: Path, cfg: Config) -> dict[str, Any]:
-    """Unfold and Fold on the held-out problems with the final protocol, on one in-process engine."""
+def held_out_accuracy(checkpoint: Path, cfg: Config, out: Path) -> dict[str, Any]:
+    """Unfold and Fold on the held-out problems with the final protocol, on one in-process engine; the
+    trajectories go to `out/trajectories.jsonl` and their viewer to `out/view.html`."""
     import asyncio
 
+    from cluster.run_dir import VIEW
     from evals.runner import local_backend, modes, protocols
+    from evals.traces import write_records
+    from evals.view import write_view
     from tasks.dataset import records
+
+    traces: list[dict] = []
 
     async def run() -> dict[str, Any]:
         async with local_backend(str(checkpoint), cfg) as (rollout, check, generator):
-            protocol = protocols(cfg.eval)["final"]
-            result = await modes(rollout, check, records(cfg.task, "eval"), cfg.eval.budget, protocol, "sft eval")
+            protocol = protocols(cfg)["final"]
+            result = await modes(rollout, check, records(cfg.task, "eval"), cfg.eval.budget, protocol, "sft eval",
+                                 traces)
             return {**result, "generator_dtype": generator.dtype, "protocol": protocol.as_dict()}
 
-    return asyncio.run(run())
+    result = asyncio.run(run())
+    write_records(out / "trajectories.jsonl", traces)
+    print(f"trajectories after SFT as step outlines: {write_view(traces, out / VIEW, f'{out}: held-out trajectories after SFT')}")
+    return result

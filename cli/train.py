@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from cluster.run_dir import REPORT, STATE, prepare_run, read_evals, write_json
+from cluster.run_dir import PLOTS, REPORT, STATE, VIEW, prepare_run, read_evals, write_json
 from configs import add_config_arguments
 from configs.schema import Config
 
@@ -52,7 +52,8 @@ def main(argv: list[str], prog: str = "accordion train") -> int:
     from evals.report import print_report
 
     print_report(report)
-    print(f"report: {run_dir / REPORT}; browse the run with: mlflow ui --backend-store-uri "
+    print(f"report: {run_dir / REPORT}\ntrajectories as step outlines (open in a browser): {run_dir / VIEW}\n"
+          f"plots: {run_dir / PLOTS}/\nbrowse the run with: mlflow ui --backend-store-uri "
           f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
     return 0
 
@@ -111,7 +112,7 @@ def run(cfg: Config, run_dir: Path, state: dict | None) -> dict[str, Any]:
     from evals.report import targets
     from evals.runner import protocols
 
-    report.setdefault("protocol", {})["periodic"] = protocols(cfg.eval)["periodic"].as_dict()
+    report.setdefault("protocol", {})["periodic"] = protocols(cfg)["periodic"].as_dict()
 
     report["targets"] = targets(report)
     write_json(report_path, report)

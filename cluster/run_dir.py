@@ -4,6 +4,10 @@
               state.json         step, data ledger, checkpoint path, MLflow run id: written last, atomically
               checkpoints/step_N Hugging Face folders (weights, tokenizer, optimizer state)
               evals.jsonl        one line per RL evaluation, appended as they happen
+              evals/step_N.jsonl the trajectories of the evaluation at step N (`evals.traces` records)
+              samples/step_N.jsonl some rollouts of training step N, with rewards (same records)
+              view.html          the latest evaluation's trajectories as step-summary outlines (`accordion view`)
+              plots/             gap curve, budgets, chosen budgets, rewards (`evals.plots`)
               report.json        the job's evaluations in one file (`evals.report`)
               sft/               the SFT cold start of the embedded default
 """
@@ -22,6 +26,8 @@ STATE = "state.json"
 RESOLVED_CONFIG = "config.yaml"
 EVALS = "evals.jsonl"
 REPORT = "report.json"
+VIEW = "view.html"
+PLOTS = "plots"
 
 
 def prepare_run(config: str | None, overrides: list[str], resume: str | None) -> tuple[Config, Path, dict | None]:

@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from cluster.queue import Group, PromptLedger, RolloutQueue
-from cluster.run_dir import STATE, append_eval, write_json
+from cluster.run_dir import PLOTS, STATE, VIEW, append_eval, read_evals, write_json
 from configs.schema import Config
+from tasks.format import BUDGETS
+
+HISTORY_PREFIXES = ("reward/", "rollout/chosen_share_")
+"""The metric histories the plots read back from MLflow (which holds them across resumes)."""
 
 
 class Trainer:
@@ -76,7 +80,7 @@ class Trainer:
         self.producer = Producer(cfg.rl, records(cfg.task, "train"), self.pool, self.rewards, self.queue,
                                  chrpo=cfg.reward.name == "chrpo")
         uri = tracking_uri(cfg.tracking.uri, run_dir)
-        self.tracker = Tracker(cfg, uri, cfg.tracking.experiment, self.state.get("mlflow_run_id"), cfg.tracking.run_name)
+        self.tracker = Tracker(cfg.model_dump(mode="json"), uri, cfg.tracking.experiment, self.state.get("mlflow_run_id"), cfg.tracking.run_name)
         self.precision = {"learner": self.learners.precision, "generator": self.pool.described["dtype"],
                           "machine": self.learners.machine}
         self.tracker.tags({f"precision.{k}": v for k, v in self.precision.items()})
@@ -155,28 +159,50 @@ class Trainer:
     async def evaluate(self, final: bool) -> dict[str, float]:
         """Held-out Unfold and Fold accuracy (sampled and greedy), appended to `evals.jsonl`; in policy
         mode also Fold under `<COMP_AUTO>` (accuracy, tokens, the budgets chosen). `final`: the full
-        protocol, the budget sweep and the harder problems (`evals.runner.final_suite`)."""
+        protocol, the budget sweep and the harder problems (`evals.runner.final_suite`). Each evaluation
+        also leaves its trajectories, their viewer and the plots so far (`publish`)."""
         from evals.runner import Cell, evaluate, final_suite, modes, protocols
         from tasks.dataset import records
 
         e = self.cfg.eval
+        traces: list[dict] = []
         if final:
-            self.final = await final_suite(self.pool.rollout, self.check, self.cfg)
+            self.final = await final_suite(self.pool.rollout, self.check, self.cfg, traces)
             entry = {"step": self.step, **self.final["final"], "questions": e.questions, "samples": e.samples,
                      "final": True}
         else:
-            protocol = protocols(e)["periodic"]
+            protocol = protocols(self.cfg)["periodic"]
             held_out = records(self.cfg.task, "eval")
-            entry = {"step": self.step, **await modes(self.pool.rollout, self.check, held_out, e.budget, protocol),
+            entry = {"step": self.step, **await modes(self.pool.rollout, self.check, held_out, e.budget, protocol,
+                                                      traces=traces),
                      "questions": protocol.questions, "samples": protocol.samples}
             if "auto" in self.rl.budgets:
                 cell = Cell("fold", "auto")
-                entry["auto"] = (await evaluate(self.pool.rollout, self.check, held_out, [cell], protocol))[cell.name]
+                entry["auto"] = (await evaluate(self.pool.rollout, self.check, held_out, [cell], protocol,
+                                                traces=traces))[cell.name]
         append_eval(self.run_dir, entry)
+        self.publish(traces)
         cells = {"": entry, "auto_": entry.get("auto", {}),
                  **{f"budget_{b}_": m for b, m in self.final.get("budgets", {}).items() if final}}
         return {f"eval/{prefix}{k}": v for prefix, m in cells.items() for k, v in m.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "questions", "samples")}
+
+    def publish(self, traces: list[dict]) -> None:
+        """The evaluation's trajectories (`evals/step_N.jsonl`), their viewer (`view.html`) and the plots of
+        the run so far (`plots/`), in the run folder and as MLflow artifacts."""
+        from evals.plots import write_plots
+        from evals.traces import write_records
+        from evals.view import write_view
+
+        for trace in traces:
+            trace["step"] = self.step
+        write_records(self.run_dir / "evals" / f"step_{self.step}.jsonl", traces)
+        view = write_view(traces, self.run_dir / VIEW, f"{self.run_dir.name}: held-out trajectories after RL step {self.step}")
+        sft = self.run_dir / "sft" / "metrics.json"
+        so_far = {"sft": json.loads(sft.read_text()) if sft.is_file() else None, "rl_evals": read_evals(self.run_dir),
+                  **{k: self.final[k] for k in ("budgets", "protocol") if k in self.final}}
+        for path in [view, *write_plots(so_far, self.tracker.history(HISTORY_PREFIXES), self.run_dir / PLOTS)]:
+            self.tracker.artifact(path, path.parent.name if path.parent != self.run_dir else None)
 
     # ---------------------------------------------------------------- records
     def checkpoint(self) -> None:
@@ -187,17 +213,15 @@ class Trainer:
                                           "ledger": self.queue.ledger.state_dict(), "mlflow_run_id": self.tracker.run_id})
 
     def log_samples(self, batch: list[Group]) -> None:
+        from evals.traces import trajectory_record, write_records
+
         if not self.rl.samples_to_log:
             return
         path = self.run_dir / "samples" / f"step_{self.step}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pairs = [(t, s) for g in batch for t, s in zip(g.trajectories, g.rewards)][: self.rl.samples_to_log]
-        with open(path, "w") as f:
-            for t, s in pairs:
-                f.write(json.dumps({"id": t.id, "mode": t.mode, "budget": t.budget, "chosen": t.chosen_budget,
-                                    "status": t.status, "reward": s["reward"], "correct": s["correct"],
-                                    "response": t.response, "segments": [seg.text for seg in t.segments]}) + "\n")
-        self.tracker.artifact(path, "samples")
+        records = [trajectory_record(t, source="rollout", answer=s["answer"], correct=s["correct"], step=self.step,
+                                     reward=s["reward"], components=s.get("components"))
+                   for g in batch for t, s in zip(g.trajectories, g.rewards)][: self.rl.samples_to_log]
+        self.tracker.artifact(write_records(path, records), "samples")
 
 
 def rollout_metrics(batch: list[Group], version: int) -> dict[str, float]:
@@ -229,8 +253,11 @@ def rollout_metrics(batch: list[Group], version: int) -> dict[str, float]:
     chosen = [t.chosen_budget for t in trajectories if t.budget == "auto" and t.chosen_budget is not None]
     if chosen:
         metrics["rollout/chosen_budget_mean"] = sum(chosen) / len(chosen)
-    for key in scored[0].get("components", {}):
-        metrics[f"reward/{key}"] = sum(s["components"].get(key, 0.0) for s in scored) / n
+        metrics |= {f"rollout/chosen_share_{b}": chosen.count(b) / len(chosen) for b in BUDGETS}
+    # A term that does not apply is absent (CHRPO's ratios of an unanswered trajectory): mean over where it is.
+    for key in dict.fromkeys(k for s in scored for k in s.get("components", {})):
+        values = [s["components"][key] for s in scored if key in s["components"]]
+        metrics[f"reward/{key}"] = sum(values) / len(values)
     return metrics
 
 

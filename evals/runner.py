@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from actors.fold import RolloutRequest, Trajectory
-from configs.schema import Config, EvalConfig
+from configs.schema import Config, GeneratorConfig
 from evals.metrics import Outcome, by_mode, cell_metrics, reference_lengths
 from tasks.format import reasoning_tokens
 
@@ -30,28 +30,67 @@ MODES = ("unfold", "fold")
 @dataclass(frozen=True)
 class Protocol:
     """How one evaluation samples: `samples` trajectories per question at `temperature`/`top_p`, plus one
-    greedy trajectory per question with `greedy`. Stored beside every result it produced."""
+    greedy trajectory per question with `greedy`. Stored beside every result it produced, so a figure
+    says how it was measured: with the question set and the generation limits (`limits`) it ran under."""
 
     questions: int
     samples: int
     temperature: float = 1.0
     top_p: float = 1.0
     greedy: bool = True
+    data: str | None = None
+    """The evaluated set: `builtin` (the built-in task's held-out problems) or a `tasks.benchmarks` name."""
+    preset: str | None = None
+    """The `PRESETS` entry the values started from (explicit options override it); None: the config's."""
+    max_tokens: int | None = None
+    """Unfold: most new tokens of a response as used: the requested value, clamped to `max_model_len`
+    (a response also stops at `max_model_len` minus its prompt)."""
+    max_tokens_requested: int | None = None
+    """Unfold: most new tokens as the preset or the config asked for them."""
+    segment_tokens: int | None = None
+    """Fold: most tokens of one segment."""
+    max_segments: int | None = None
+    """Fold: most segments of one trajectory (an answer must come within them)."""
+    max_prompt_tokens: int | None = None
+    """Fold: longest folded prompt (question + summaries)."""
+    max_model_len: int | None = None
+    """The engine's context: prompt + response."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def protocols(cfg: EvalConfig) -> dict[str, Protocol]:
-    """The protocols of the `eval` config section: final (also after SFT), periodic (during RL),
-    budgets (the final budget sweep) and harder (longer problems than trained on)."""
-    def protocol(questions: int, samples: int) -> Protocol:
-        return Protocol(questions, samples, cfg.temperature, cfg.top_p, cfg.greedy)
+PRESETS: dict[str, dict[str, Any]] = {
+    # Accordion's validation step: 8 samples at temperature 1.0, accuracy = their mean (avg@8).
+    "accordion": {"samples": 8, "temperature": 1.0, "top_p": 1.0},
+    # Extra-CoT's evaluation: temperature 0.7, top-p 0.9, 4,096 new tokens (Unfold's `max_tokens`; the paper
+    # has no Fold mode, so Fold's segment limits stay the config's). Its sample count is not given.
+    "extra-cot": {"temperature": 0.7, "top_p": 0.9, "max_tokens": 4096},
+}
+"""Evaluation protocols of the two papers (`../shared/REFERENCE.md`), by `accordion eval --protocol` name:
+values of `Protocol` fields; what a preset leaves out comes from the config."""
 
-    return {"final": protocol(cfg.questions, cfg.samples),
-            "periodic": protocol(cfg.periodic_questions, cfg.periodic_samples),
-            "budgets": protocol(cfg.budget_questions, cfg.budget_samples),
-            "harder": protocol(cfg.harder_questions, cfg.harder_samples)}
+
+def limits(g: GeneratorConfig) -> dict[str, int]:
+    """The generation limits a `Protocol` records, as the `generator` section sets them."""
+    return {"max_tokens": g.max_tokens, "max_tokens_requested": g.max_tokens, "segment_tokens": g.segment_tokens,
+            "max_segments": g.max_segments, "max_prompt_tokens": g.max_prompt_tokens, "max_model_len": g.max_model_len}
+
+
+def protocols(cfg: Config) -> dict[str, Protocol]:
+    """The protocols of the `eval` config section, on the configured task under the `generator` section's
+    limits: final (also after SFT), periodic (during RL), budgets (the final budget sweep) and harder
+    (longer problems than trained on)."""
+    e = cfg.eval
+    data = "builtin" if cfg.task.name == "arithmetic" else cfg.task.name
+
+    def protocol(questions: int, samples: int) -> Protocol:
+        return Protocol(questions, samples, e.temperature, e.top_p, e.greedy, data, **limits(cfg.generator))
+
+    return {"final": protocol(e.questions, e.samples),
+            "periodic": protocol(e.periodic_questions, e.periodic_samples),
+            "budgets": protocol(e.budget_questions, e.budget_samples),
+            "harder": protocol(e.harder_questions, e.harder_samples)}
 
 
 @dataclass(frozen=True)
@@ -67,10 +106,13 @@ class Cell:
 
 
 async def evaluate(rollout: Rollout, check: Check, records: Sequence[dict], cells: Sequence[Cell],
-                   protocol: Protocol, desc: str = "eval") -> dict[str, dict]:
+                   protocol: Protocol, desc: str = "eval", traces: list[dict] | None = None) -> dict[str, dict]:
     """Metrics per cell name (`evals.metrics.cell_metrics`) on `records[:protocol.questions]`. Budget
-    cells get r-hat when the same mode's `<COMP_100>` cell is among `cells`."""
+    cells get r-hat when the same mode's `<COMP_100>` cell is among `cells`. `traces`: a list that gets
+    every trajectory as an `evals.traces` record (for `accordion view`)."""
     from tqdm import tqdm
+
+    from evals.traces import trajectory_record
 
     records = list(records)[: protocol.questions]
     per_cell = protocol.samples + protocol.greedy
@@ -92,6 +134,10 @@ async def evaluate(rollout: Rollout, check: Check, records: Sequence[dict], cell
                         t.chosen_budget if cell.budget == "auto" else None)
                 for t, s in zip(trajectories, scored)
             ]
+            if traces is not None:
+                traces += [trajectory_record(t, source="eval", answer=records[t.meta["question"]]["answer"],
+                                             correct=o.correct, greedy=o.greedy)
+                           for t, o in zip(trajectories, outcomes[cell])]
     references = {c.mode: reference_lengths(outcomes[c]) for c in cells if c.budget == 100}
     return {c.name: cell_metrics(outcomes[c], seconds[c], references.get(c.mode) if c.budget is not None else None)
             for c in cells}
@@ -123,11 +169,11 @@ async def _rolled_out(rollout: Rollout, requests: list[RolloutRequest], bar) -> 
 
 
 async def modes(rollout: Rollout, check: Check, records: Sequence[dict], budget: int | str | None,
-                protocol: Protocol, desc: str = "eval") -> dict[str, float]:
+                protocol: Protocol, desc: str = "eval", traces: list[dict] | None = None) -> dict[str, float]:
     """Unfold and Fold on the same questions: the report's flat `unfold_accuracy`, `fold_accuracy`,
     `*_greedy`, `*_peak_context`, `*_reasoning_tokens` and `fold_unfold_gap`."""
     cells = [Cell(mode, budget) for mode in MODES]
-    results = await evaluate(rollout, check, records, cells, protocol, desc)
+    results = await evaluate(rollout, check, records, cells, protocol, desc, traces)
     return by_mode({c.mode: results[c.name] for c in cells})
 
 
@@ -139,15 +185,16 @@ async def budget_sweep(rollout: Rollout, check: Check, records: Sequence[dict], 
     return {str(b): results[Cell("fold", b).name] for b in wanted}
 
 
-async def final_suite(rollout: Rollout, check: Check, cfg: Config) -> dict[str, Any]:
+async def final_suite(rollout: Rollout, check: Check, cfg: Config, traces: list[dict] | None = None) -> dict[str, Any]:
     """The end-of-job evaluation: `final` (both modes), `budgets` (with `eval.budgets`) and `harder`
-    (with `eval.harder_steps`), plus the protocol of each part."""
+    (with `eval.harder_steps`), plus the protocol of each part. `traces` gets the trajectories of `final`."""
     from tasks.dataset import records
 
     e = cfg.eval
-    proto = protocols(e)
+    proto = protocols(cfg)
     held_out = records(cfg.task, "eval")
-    out: dict[str, Any] = {"final": await modes(rollout, check, held_out, e.budget, proto["final"], "final eval")}
+    out: dict[str, Any] = {"final": await modes(rollout, check, held_out, e.budget, proto["final"], "final eval",
+                                                      traces)}
     used = {"final": proto["final"].as_dict()}
     if e.budgets:
         out["budgets"] = await budget_sweep(rollout, check, held_out, e.budgets, proto["budgets"])

@@ -6,7 +6,6 @@ Nothing here is mocked: a regression anywhere on the path (advantages, loss sign
 protocol, the reward, the staleness gate) flattens the curve and fails the test.
 """
 import asyncio
-from pathlib import Path
 from statistics import fmean
 
 import pytest

@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
+
+from evals.traces import read_records
 
 pytestmark = pytest.mark.system
 
@@ -98,6 +101,17 @@ def test_ctrl_c_during_sft_and_rl_then_resume_to_the_report(tmp_path):
     assert set(report["budgets"]) == {"40", "auto", "100"} and "ratio" in report["budgets"]["40"]
     assert report["harder"]["steps"] == [3, 3] and "targets" in report
     assert "Targets" in log_path.read_text()
+
+    # What a user looks at: the last evaluation's trajectories, their viewer and the plots, also in MLflow.
+    traces = read_records(run_dir / "evals" / "step_3.jsonl")
+    assert {t["mode"] for t in traces} == {"fold", "unfold"} and {t["step"] for t in traces} == {3}
+    assert all(t["source"] == "rollout" and t["reward"] is not None for t in read_records(run_dir / "samples" / "step_3.jsonl"))
+    assert traces[0]["question"] in (run_dir / "view.html").read_text()
+    assert {"gap.png", "budgets.png", "rewards.png"} <= {p.name for p in (run_dir / "plots").glob("*.png")}
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    artifacts = {a.path for folder in (None, "plots") for a in client.list_artifacts(state["mlflow_run_id"], folder)}
+    assert {"view.html", "plots/gap.png", "plots/budgets.png"} <= artifacts
+    assert f"{run_dir / 'view.html'}" in log_path.read_text()
 
     # The same evaluation as a command, on the job's final checkpoint.
     out = tmp_path / "eval.json"

@@ -49,7 +49,7 @@ def test_stale_groups_are_dropped_and_their_prompts_reissued_first():
 def test_abandoned_prompt_is_reissued_and_frees_its_slot():
     async def main():
         queue = RolloutQueue(PromptLedger(), groups_per_step=2, max_staleness=0)
-        a, b = await queue.admit(), await queue.admit()
+        a, _ = await queue.admit(), await queue.admit()
         assert await started_without_blocking(queue, 1) == []
         await queue.abandon(a)
         assert await queue.admit() == a

@@ -6,9 +6,9 @@ import pytest
 
 from cluster.run_dir import prepare_run
 from cluster.train import Trainer, train
-from cluster.weight_sync import checksum
 from configs.schema import ModelConfig
 from models.build import build_tiny_model
+from models.weights import checksum
 
 pytestmark = pytest.mark.system
 
@@ -88,6 +88,8 @@ def test_async_fold_rl_syncs_weights_logs_and_resumes(ray_local, model_dir, tmp_
     both = trainer.trained_indices + resumed.trained_indices
     assert len(both) == len(set(both)) == 3 * 2  # nothing trained twice across the restart
     assert mlflow_history(run_dir, run_id, "reward/mean") == [1, 2, 3]
+    # What the plots read back: the whole run's history, across the restart.
+    assert [step for step, _ in resumed.tracker.history(("reward/",))["reward/mean"]] == [1, 2, 3]
 
 
 def test_sync_mode_survives_a_generator_killed_mid_step(ray_local, model_dir, tmp_path):
