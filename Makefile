@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(ACCEL)
 DEMO  := runs/demo
 
-.PHONY: install demo test test-unit clean
+.PHONY: install demo test test-unit bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ test: install
 
 test-unit: install
 	$(PY) -m pytest -q -m "not system"
+
+# Every benchmark in turn (`accordion bench all`): benches/results.json and the table benches/results.md.
+# The figures are throughputs, so run it on a quiet machine (nothing else busy); ARGS as for demo.
+bench: install
+	$(VENV)/bin/accordion bench all --out benches/results.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

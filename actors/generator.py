@@ -17,7 +17,7 @@ away, every token keeps the logprob it was sampled with (what the learner's impo
 uses), `Segment.version` is the version of its first token (what staleness counts) and
 `Segment.last_version` that of its last. Every request carries its weight version as vLLM's
 `cache_salt`, so a new request never reuses prefix-cache KV written by other weights. Weights arrive
-as safetensors buckets (`cluster.weight_sync`) through the Ray object store or a gloo group; a GPU path
+as safetensors buckets (`models.weights`) through the Ray object store or a gloo group; a GPU path
 (NCCL group or CUDA IPC into the workers) would feed the same `reload_weights`.
 """
 from __future__ import annotations
@@ -33,9 +33,10 @@ from typing import Iterable, Sequence
 from actors.fold import (
     FoldChain, Limits, RolloutRequest, Segment, Trajectory, first_context, too_long, unfold_trajectory,
 )
-from cluster.weight_sync import checksum as weights_checksum
 from configs.schema import GeneratorConfig
 from models.precision import engine_dtype
+from models.weights import checksum as weights_checksum
+from models.weights import from_bucket
 from tasks.format import FORMAT_TOKENS, STEP_CLOSE, prompt_ids
 
 class ModelFolderError(ValueError):
@@ -363,7 +364,7 @@ class Generator:
                        completion.finish_reason or "abort", text, last_version=last)
 
     async def update_weights(self, version: int, buckets: Iterable[bytes], checksum: str) -> None:
-        """Load a full set of weights (buckets from `cluster.weight_sync.to_buckets`) and set `version`.
+        """Load a full set of weights (buckets from `models.weights.to_buckets`) and set `version`.
 
         Checked before anything is loaded: the checksum over the received tensors, then the names and
         shapes against the model folder's checkpoint (a reload that fails half-way kills the engine).
@@ -402,8 +403,6 @@ class Generator:
     def _verify(self, version: int, buckets: list[bytes], checksum: str) -> list[str]:
         """Refuse a stale version, a checksum mismatch or a layout that does not fit; returns the names
         the engine must not be given (a tied lm_head)."""
-        from cluster.weight_sync import from_bucket
-
         if version <= self.version:
             raise WeightUpdateError(f"weights for version {version}: the generator already has version {self.version}")
         tensors = {name: t for blob in buckets for name, t in from_bucket(blob).items()}

@@ -38,7 +38,7 @@ class GeneratorActor:
 
     async def join_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
         """Join (or re-join, dropping the old group) the learner's `GlooChannel` as `rank`."""
-        from cluster.weight_sync import GlooChannel
+        from models.weights import GlooChannel
 
         self.channel = await asyncio.to_thread(GlooChannel, host, port, rank, world_size)
 

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("cli.score", "check answers and compute rewards for a JSONL of responses (hang-proof)"),
     "task": ("cli.task", "show built-in task problems and their gold traces at each budget"),
     "init-model": ("cli.init_model", "build the tiny built-in tokenizer and model into a folder"),
-    "bench": ("cli.bench", "benchmarks: fold, sync, async, sft"),
+    "bench": ("cli.bench", "benchmarks (benches/): fold, sync, async, sft, reward, trl; `all` runs each (make bench)"),
 }
 
 # Errors whose message is the whole story for the user: printed without a traceback.

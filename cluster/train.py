@@ -132,9 +132,11 @@ class Trainer:
                            "perf/generated_tokens_per_s": tokens / elapsed,
                            "perf/trained_samples_per_s": len(samples) / elapsed}
                 last = self.step == self.rl.steps
+                self.tracker.log(metrics, self.step)  # before evaluating: the plots then include this step
                 if last or (self.cfg.eval.every and self.step % self.cfg.eval.every == 0):
-                    metrics |= await self.evaluate(final=last)
-                self.tracker.log(metrics, self.step)
+                    evaluated = await self.evaluate(final=last)
+                    self.tracker.log(evaluated, self.step)
+                    metrics |= evaluated
                 for key, value in metrics.items():
                     self.history.setdefault(key, []).append(value)
                 self.log_samples(batch)

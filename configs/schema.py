@@ -10,14 +10,14 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+BUDGETS = (20, 40, 60, 80, 100)
+"""The budget ratios, in percent of full-length reasoning, that have a token (`<COMP_20>` ... `<COMP_100>`)."""
 Budget = Union[int, Literal["auto"]]
-"""A budget token: a ratio in `tasks.format.BUDGETS` (`<COMP_40>`) or `auto` (`<COMP_AUTO>`, policy mode)."""
+"""A budget token: a ratio in `BUDGETS` (`<COMP_40>`) or `auto` (`<COMP_AUTO>`, policy mode)."""
 
 
 def known_budgets(values, auto: bool = True):
-    """Field validator body: every budget is a ratio of `tasks.format.BUDGETS` (or `auto` where allowed)."""
-    from tasks.format import BUDGETS
-
+    """Field validator body: every budget is a ratio of `BUDGETS` (or `auto` where allowed)."""
     allowed = [*BUDGETS, "auto"] if auto else list(BUDGETS)
     items = values if isinstance(values, tuple) else (values,)
     unknown = [b for b in items if b is not None and b not in allowed]
@@ -310,16 +310,16 @@ class RewardConfig(Section):
 
     @model_validator(mode="after")
     def _orderings(self) -> RewardConfig:
-        from rewards.chrpo import Coefficients
-
-        Coefficients(**self.coefficients())  # raises with the reason when an ordering could break
+        """CHRPO's orderings (`rewards/chrpo.py`) hold for every input only with coefficients like these."""
+        if self.calib_floor >= self.correct:
+            raise ValueError(f"calib_floor {self.calib_floor} must be below correct {self.correct}: "
+                             "a correct answer must always beat a wrong one")
+        if self.over_penalty >= self.under_penalty:
+            raise ValueError(f"need over_penalty ({self.over_penalty}) < under_penalty ({self.under_penalty})")
+        if self.format_penalty <= self.under_penalty:
+            raise ValueError(f"format_penalty {self.format_penalty} must exceed under_penalty "
+                             f"{self.under_penalty}: unfinished or malformed must score lowest")
         return self
-
-    def coefficients(self) -> dict[str, float]:
-        """The CHRPO coefficients as keyword arguments of `rewards.chrpo.Coefficients`."""
-        from rewards.chrpo import Coefficients
-
-        return {name: getattr(self, name) for name in Coefficients.__dataclass_fields__}
 
 
 class RLConfig(Section):

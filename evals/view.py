@@ -94,7 +94,8 @@ def _groups(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _accuracy(cards: list[dict[str, Any]], mode: str) -> dict[str, Any]:
-    """Trajectory count and accuracy of one mode, over those whose correctness is known."""
-    known = [c["correct"] for c in cards if c["mode"] == mode and c["correct"] is not None]
+    """Trajectory count and accuracy of one mode, over the sampled ones whose correctness is known (the
+    report's accuracy: greedy trajectories are shown, not counted)."""
+    known = [c["correct"] for c in cards if c["mode"] == mode and c["correct"] is not None and not c["greedy"]]
     return {"mode": mode, "count": sum(c["mode"] == mode for c in cards), "known": len(known),
             "accuracy": sum(known) / len(known) if known else None}

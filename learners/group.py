@@ -15,10 +15,10 @@ import socket
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cluster.weight_sync import DEFAULT_BUCKET_BYTES
 from configs.schema import LearnerConfig
 from learners.batch import Sample
 from learners.learner import Learner, Loss
+from models.weights import DEFAULT_BUCKET_BYTES
 
 
 def _rendezvous() -> tuple[str, int]:
@@ -100,7 +100,7 @@ class LearnerGroup:
         return self._call("full_state")[0]
 
     def weight_buckets(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> tuple[list, str]:
-        """The weights as `cluster.weight_sync` buckets in the object store (refs) and their checksum,
+        """The weights as `models.weights` buckets in the object store (refs) and their checksum,
         for the generators' `update_weights`."""
         return self._call("weight_buckets", bucket_bytes)[0]
 

@@ -21,11 +21,11 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from cluster.weight_sync import GlooChannel, checksum, to_buckets
 from configs.schema import LearnerConfig, OptimConfig
 from learners import algos
 from learners.batch import BatchError, Sample, as_samples, collate, split_by_tokens, validate
 from models.precision import Precision, learner_precision, machine
+from models.weights import GlooChannel, checksum, to_buckets
 
 STATE_FILE = "training_state.json"
 OPTIMIZER_DIR = "optimizer"
@@ -253,7 +253,7 @@ class Learner:
             return {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
 
     def weight_buckets(self, bucket_bytes: int) -> tuple[list, str] | None:
-        """On rank 0: the weights as `cluster.weight_sync` buckets, put in the object store from here
+        """On rank 0: the weights as `models.weights` buckets, put in the object store from here
         (the driver passes the refs on and never holds the bytes), plus their checksum."""
         import ray
 

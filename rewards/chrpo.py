@@ -22,9 +22,9 @@ reference full length) and e = |r̂ − c|:
               (policy mode only: the reward of the ratio-choice token, which chose c but does not
               control how well the reasoning then kept to it, so no calibration term)
 
-The coefficient checks in `Coefficients` make the orderings hold for every input: correct beats
-wrong (cal_floor < R_correct, so a correct reward is > 0 ≥ −λ_over ≥ −miss), and unanswered is
-lowest (P_format > λ_under ≥ miss).
+`RewardConfig` (`configs/schema.py`) accepts only coefficients with which the orderings hold for every
+input: correct beats wrong (cal_floor < R_correct, so a correct reward is > 0 ≥ −λ_over ≥ −miss), and
+unanswered is lowest (P_format > λ_under ≥ miss).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class Rollout:
 
 @dataclass(frozen=True)
 class Coefficients:
-    """Weights of the CHRPO terms (module docstring); `RewardConfig` documents each one."""
+    """Weights of the CHRPO terms (module docstring); `RewardConfig` documents each one and checks them."""
 
     correct: float = 1.0
     calib_weight: float = 0.2
@@ -67,16 +67,6 @@ class Coefficients:
     under_penalty: float = 0.5
     over_penalty: float = 0.1
     format_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.calib_floor < self.correct:
-            raise ValueError(f"calib_floor {self.calib_floor} must be in [0, correct={self.correct}): "
-                             "a correct answer must always beat a wrong one")
-        if not 0 <= self.over_penalty < self.under_penalty:
-            raise ValueError(f"need 0 <= over_penalty ({self.over_penalty}) < under_penalty ({self.under_penalty})")
-        if self.format_penalty <= self.under_penalty:
-            raise ValueError(f"format_penalty {self.format_penalty} must exceed under_penalty "
-                             f"{self.under_penalty}: unfinished or malformed must score lowest")
 
 
 @dataclass(frozen=True)

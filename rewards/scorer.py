@@ -37,7 +37,7 @@ class Scorer:
     def __init__(self, cfg: RewardConfig):
         self.cfg = cfg
         self._reward = REWARDS[cfg.name]
-        self._coef = Coefficients(**cfg.coefficients())
+        self._coef = Coefficients(**{name: getattr(cfg, name) for name in Coefficients.__dataclass_fields__})
         self._sandbox = Sandbox(equivalent, cfg.processes, cfg.timeout_s, cfg.memory_mb)
 
     def validate(self, item: Any) -> None:

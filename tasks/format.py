@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from configs.schema import BUDGETS  # the ratios a config may ask for; their tokens are defined here
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 STEP_OPEN, STEP_CLOSE = "<step>", "</step>"
-BUDGETS = (20, 40, 60, 80, 100)
 BUDGET_TOKENS = {ratio: f"<COMP_{ratio}>" for ratio in BUDGETS}
 POLICY_TOKEN = "<COMP_AUTO>"
 FORMAT_TOKENS = (THINK_OPEN, THINK_CLOSE, STEP_OPEN, STEP_CLOSE, *BUDGET_TOKENS.values(), POLICY_TOKEN)

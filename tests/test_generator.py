@@ -16,9 +16,9 @@ from actors.fold import RolloutRequest
 from cli.generate import main as generate_cli
 from actors.generator import WeightUpdateError
 from actors.generator_actor import GeneratorActor
-from cluster.weight_sync import checksum, to_buckets
 from configs.schema import GeneratorConfig, ModelConfig, TaskConfig
 from models.build import build_tiny_model
+from models.weights import checksum, to_buckets
 from tasks.arithmetic import gold_trace, lax_steps, problems
 from tasks.format import STEP_CLOSE, THINK_OPEN, budget_prompt, fold_context, fold_segments, parse_trace
 

@@ -8,10 +8,10 @@ from transformers import AutoTokenizer
 
 from actors.fold import RolloutRequest
 from actors.generator_actor import GeneratorActor
-from cluster.weight_sync import checksum
 from configs.schema import GeneratorConfig, LearnerConfig, ModelConfig, OptimConfig, TaskConfig
 from learners.sft import trace_samples
 from models.build import build_tiny_model
+from models.weights import checksum
 from tasks.arithmetic import problems
 
 pytestmark = pytest.mark.system

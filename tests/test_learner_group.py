@@ -4,12 +4,12 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cluster.weight_sync import checksum, from_bucket
 from configs.schema import LearnerConfig, ModelConfig, OptimConfig, TaskConfig
 from learners.batch import BatchError
 from learners.learner import NonFiniteLossError
 from learners.sft import trace_samples
 from models.build import build_tiny_model
+from models.weights import checksum, from_bucket
 from tasks.arithmetic import problems
 
 pytestmark = pytest.mark.system

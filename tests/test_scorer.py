@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from benches.reward import adversarial
 from cli import main as accordion
 from configs.schema import RewardConfig
-from rewards.bench import adversarial
 from rewards.scorer import ItemError, Scorer
 from tasks.format import render_trace
 
@@ -56,7 +56,7 @@ def test_bad_items_are_named(chrpo, item, message):
 
 
 def test_adversarial_answers_each_finish_within_the_limit_and_no_process_is_lost():
-    # Two of each adversarial kind; the full 1,000 run is `python -m rewards.bench adversarial`.
+    # Two of each adversarial kind; the full 1,000 run is `accordion bench reward`.
     items = adversarial(32, seed=1)
     with Scorer(RewardConfig(timeout_s=1.0)) as scorer:
         scored = scorer.score(items)

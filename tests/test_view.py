@@ -99,7 +99,9 @@ def test_the_page_shows_summaries_folded_reasoning_and_every_header_fact():
     # Segment 1 of f1 went on under version 4: marked in the header and on its step.
     assert html.count('title="a weight update interrupted segment 1">v3→4') == 2
     assert "5</b> trajectories of <b>2</b> questions" in html
-    assert "Fold: <b>3</b>,\naccuracy <b>33.3 %</b>" in html and "accuracy <b>100.0 %</b> of 1 checked" in html
+    # Accuracy as the report counts it: sampled trajectories only (the greedy Fold one is shown, not counted).
+    assert "Fold: <b>3</b>,\nsampled accuracy <b>0.0 %</b> over 2" in html
+    assert "sampled accuracy <b>100.0 %</b> over 1" in html
 
 
 def test_model_text_is_escaped_and_only_the_pages_own_script_may_run():

@@ -1,6 +1,6 @@
 import torch
 
-from cluster.weight_sync import checksum, from_bucket, to_buckets
+from models.weights import checksum, from_bucket, to_buckets
 
 
 def named(seed=0):
@@ -44,7 +44,7 @@ def test_gloo_channel_delivers_buckets_to_every_receiver():
     import socket
     import threading
 
-    from cluster.weight_sync import GlooChannel
+    from models.weights import GlooChannel
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,7 @@ timed), then `Trainer.run` timed (it ends with one evaluation and one checkpoint
 then shutdown. Throughput = trajectories trained / seconds in `run`.
 
 Default config: 1 learner rank and 1 generator, 1 CPU each (the engine pinned to the last core:
-`generator.cpu_ids`), an untrained tiny model (nothing to download),
+`generator.cpu_ids`), the config's model untrained (`model.*`; a `model.path` is used as it is),
 Unfold rollouts of up to `--tokens` tokens, `--prompts` x 4 per step. Asynchrony can only help when
 generation and training take comparable time and run on different cores. Decoding a batch costs about the
 same for 16 or 32 sequences of a tiny model while training cost grows with them, so `--prompts` balances the
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from configs import add_config_arguments
+from benches import figure, report
+from configs import add_config_arguments, config_from_args
 
 
 def main(argv: list[str], prog: str) -> int:
@@ -34,15 +34,14 @@ def main(argv: list[str], prog: str) -> int:
     parser.add_argument("--prompts", type=int, default=8, help="rl.prompts_per_step (4 samples each)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cfg = config_from_args(args)
 
     import ray
 
-    from configs.schema import ModelConfig
-    from models.build import build_tiny_model
+    from models.build import resolve_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-async-"))
-    model = build_tiny_model(ModelConfig(), work / "model")
+    model = resolve_model(cfg.model, work)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"),
                  runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(work / "vllm")}})
@@ -60,14 +59,12 @@ def main(argv: list[str], prog: str) -> int:
         seconds, trained, precision = asyncio.run(timed_run([*overrides, *args.overrides], args.config))
         result[f"{arm}_samples_per_s"] = trained / seconds
         result[f"{arm}_run_s"] = seconds
-        result["precision"] = precision
-        print(f"{arm:<6} max_staleness {staleness}: {trained} trajectories in {seconds:.1f} s "
-              f"= {trained / seconds:.2f}/s (learner {precision['learner']}, generator {precision['generator']}, "
-              f"{precision['machine']})")
+        print(f"{arm:<6} max_staleness {staleness}: {trained} trajectories in {seconds:.1f} s = {trained / seconds:.2f}/s")
     result["ratio"] = result["async_samples_per_s"] / result["sync_samples_per_s"]
     result["settings"]["async_max_staleness"] = args.staleness
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"ratio async/sync {result['ratio']:.2f}\nwrote {args.out}")
+    rates = figure(f"trained samples/s, async (max_staleness {args.staleness}) vs sync", result["async_samples_per_s"],
+                   result["sync_samples_per_s"], ">= 1.9 (at most 2)")
+    report(args.out, result, [rates], f"learner {precision['learner']}, generator {precision['generator']}")
     return 0
 
 

@@ -11,12 +11,12 @@ Tokens are real (prompt + response) tokens, padding excluded. The first `--warmu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
+from benches import figure, report
 from configs import add_config_arguments, config_from_args
 
 
@@ -34,18 +34,18 @@ def main(argv: list[str], prog: str) -> int:
     from transformers import AutoTokenizer
 
     from learners.sft import TraceStream
-    from models.build import build_tiny_model
-    from models.precision import learner_precision, machine
+    from models.build import resolve_model
+    from models.precision import learner_precision
 
     precision = learner_precision(cfg.learner.precision)
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(cfg.model.path) if cfg.model.path else build_tiny_model(cfg.model, Path(tmp) / "model")
+        model = resolve_model(cfg.model, tmp)
         tokenizer = AutoTokenizer.from_pretrained(model)
         stream = TraceStream(tokenizer, cfg.task, cfg.sft)
         batches = [stream.batch(i * cfg.sft.traces_per_step, cfg.sft.traces_per_step)
                    for i in range(args.warmup + args.steps)]
         tokens = sum(len(s) for b in batches[args.warmup:] for s in b)
-        result = {"precision": precision, "cpu": machine(), "steps": args.steps, "tokens_per_step": tokens / args.steps,
+        result = {"steps": args.steps, "tokens_per_step": tokens / args.steps,
                   "micro_batch_tokens": cfg.learner.micro_batch_tokens, "traces_per_step": cfg.sft.traces_per_step}
         seconds = bare_loop(model, cfg, precision, batches, args.warmup)
         result["bare_tokens_per_s"] = tokens / seconds
@@ -62,9 +62,9 @@ def main(argv: list[str], prog: str) -> int:
     result["best_ranks"] = best
     result["ratio"] = result[f"ours_{cfg.cluster.learners}_ranks_tokens_per_s"] / result["bare_tokens_per_s"] \
         if cfg.cluster.learners in args.ranks else result[f"ours_{best}_ranks_tokens_per_s"] / result["bare_tokens_per_s"]
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"ratio ours/bare {result['ratio']:.2f} (cluster.learners={cfg.cluster.learners}; fastest: {best} "
-          f"rank(s)) on {machine()}, {precision}\nwrote {args.out}")
+    figures = [figure(f"SFT tokens/s, accordion sft with {r} rank(s) vs a bare PyTorch loop",
+                      result[f"ours_{r}_ranks_tokens_per_s"], result["bare_tokens_per_s"]) for r in args.ranks]
+    report(args.out, result, figures, precision)
     return 0
 
 

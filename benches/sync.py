@@ -1,4 +1,4 @@
-"""`accordion bench sync`: bucketed vs per-tensor weight sync of a ~100 M-parameter model.
+"""`accordion bench sync`: bucketed vs per-tensor weight sync of the config's model (`model.*`).
 
 Every method moves the same weights from one DeepSpeed rank (`LearnerGroup`, 1 rank) into a running
 vLLM `GeneratorActor` and ends in one verified reload (checksum, then the engine's in-place reload):
@@ -13,11 +13,15 @@ vLLM `GeneratorActor` and ends in one verified reload (checksum, then the engine
 
 `sync_fraction_of_step` = bucketed / (one `train_step` on `--samples` samples of `--tokens` tokens, plus
 generating `--samples` trajectories of up to `--tokens` tokens on the same generator): both measured here.
+
+The learner trains in `learner.precision` and the engine runs in `generator.dtype` (`auto`: bf16 only where
+it is native; on a CPU without it one bf16 step of a 95 M-parameter model took over 10 minutes).
+`accordion bench all` syncs a 95 M-parameter model: `model.hidden_size=768 model.num_layers=14
+model.num_heads=12 model.num_kv_heads=3 model.intermediate_size=2304`.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import math
 import statistics
@@ -25,55 +29,53 @@ import tempfile
 import time
 from pathlib import Path
 
+from benches import figure, report
+from configs import add_config_arguments, config_from_args
+
 
 def main(argv: list[str], prog: str) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--layers", type=int, default=14)
     parser.add_argument("--bucket-mb", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="syncs per method; the median is reported")
     parser.add_argument("--samples", type=int, default=16, help="samples in the step the sync is compared with")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per sample (a quarter of them prompt)")
+    add_config_arguments(parser)
     args = parser.parse_args(argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = run(args)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'method':<12}{'seconds':>10}")
-    for key in ("bucketed_s", "per_tensor_s", "gloo_s", "step_s"):
-        print(f"{key[:-2]:<12}{result[key]:>10.2f}")
-    settings = result["settings"]
-    print(f"learner {settings['learner_precision']} on {settings['machine']}")
-    print(f"ratio per_tensor/bucketed {result['ratio']:.2f}; sync = {100 * result['sync_fraction_of_step']:.1f} % "
-          f"of a step\nwrote {args.out}")
+    result = run(args, config_from_args(args))
+    params = result["settings"]["parameters"] / 1e6
+    figures = [
+        figure(f"M params/s synced ({params:.3g} M), bucketed vs per-tensor RPCs",
+               params / result["bucketed_s"], params / result["per_tensor_s"]),
+        figure(f"M params/s synced ({params:.3g} M), gloo broadcast vs per-tensor RPCs",
+               params / result["gloo_s"], params / result["per_tensor_s"]),
+        figure("bucketed sync as a share of one RL step", result["sync_fraction_of_step"]),
+    ]
+    report(args.out, result, figures, f"learner {result['learner_precision']}, generator {result['generator_dtype']}")
     return 0
 
 
-def run(args) -> dict:
+def run(args, cfg) -> dict:
     import ray
 
     from actors.fold import RolloutRequest
     from actors.generator_actor import GeneratorActor
-    from configs.schema import GeneratorConfig, LearnerConfig, ModelConfig, TaskConfig
+    from configs.schema import GeneratorConfig, TaskConfig
     from learners.group import LearnerGroup
-    from models.build import build_tiny_model
+    from models.build import resolve_model
     from tasks.arithmetic import problems
 
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
-    model_cfg = ModelConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.hidden // 64,
-                            num_kv_heads=max(1, args.hidden // 256), intermediate_size=3 * args.hidden,
-                            max_position_embeddings=2048)
-    model = build_tiny_model(model_cfg, work / "model")
+    model = resolve_model(cfg.model, work)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"),
                  runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(work / "vllm")}})
-    # `auto`: bf16 only where it is native (a CPU without it ran one 95 M-parameter step for over 10 minutes).
-    learners = LearnerGroup(model, LearnerConfig(micro_batch_tokens=4096), ranks=1)
-    precision, machine = learners.precision, learners.machine
-    gen_cfg = GeneratorConfig(max_tokens=args.tokens, segment_tokens=args.tokens, max_prompt_tokens=256,
-                              max_model_len=256 + args.tokens)
+    learners = LearnerGroup(model, cfg.learner, ranks=1)
+    gen_cfg = GeneratorConfig(**{**cfg.generator.model_dump(), "max_tokens": args.tokens,
+                                 "segment_tokens": args.tokens, "max_prompt_tokens": 256,
+                                 "max_model_len": 256 + args.tokens})
     actor = GeneratorActor.options(num_cpus=1).remote(str(model), gen_cfg)
-    ray.get(actor.start.remote())
+    engine = ray.get(actor.start.remote())
     version = 0
     bucket_bytes = args.bucket_mb << 20
 
@@ -127,11 +129,10 @@ def run(args) -> dict:
         "ratio": med["per_tensor"] / med["bucketed"], "sync_fraction_of_step": med["bucketed"] / step_s,
         "step_s": step_s, "generate_s": generate_s, "train_s": train_s,
         "generated_tokens": sum(t.generated_tokens for t in trajectories),
-        "all_times_s": times,
-        "settings": {"parameters": sum(sizes), "tensors": len(sizes), "hidden": args.hidden,
-                     "layers": args.layers, "bucket_mb": args.bucket_mb, "repeats": args.repeats,
-                     "samples": args.samples, "tokens": args.tokens, "weights_dtype": "float32",
-                     "learner_precision": precision, "machine": machine},
+        "all_times_s": times, "learner_precision": learners.precision, "generator_dtype": engine["dtype"],
+        "settings": {"parameters": sum(sizes), "tensors": len(sizes), "model": cfg.model.model_dump(),
+                     "bucket_mb": args.bucket_mb, "repeats": args.repeats, "samples": args.samples,
+                     "tokens": args.tokens},
     }
 
 

