@@ -76,6 +76,8 @@ def main(argv: list[str], prog: str = "accordion bench trl") -> int:
                              "transformers (default: %(default)s)")
     parser.add_argument("--trl-micro-batches", type=int, default=1,
                         help="TRL: gradient-accumulation micro-batches per step (default: %(default)s)")
+    parser.add_argument("--trl-threads", type=int, help="TRL: torch threads (default: torch's, one per core; on a "
+                        "busy machine 2 threads ran HF generate ~9x slower than 1, ours' single-threaded roles ~1x)")
     parser.add_argument("--eval-questions", type=int, default=64, help="held-out questions (default: %(default)s)")
     parser.add_argument("--eval-samples", type=int, default=4, help="samples per question (default: %(default)s)")
     parser.add_argument("--no-eval-start", action="store_true", help="skip evaluating the starting model")
@@ -90,7 +92,7 @@ def main(argv: list[str], prog: str = "accordion bench trl") -> int:
         return 0
     if args.out is None:
         parser.error("the following arguments are required: --out")
-    for name in ("steps", "sft_steps", "trl_micro_batches", "eval_questions", "eval_samples"):
+    for name in ("steps", "sft_steps", "trl_micro_batches", "trl_threads", "eval_questions", "eval_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     from benches import report
@@ -355,7 +357,8 @@ def python_env() -> dict[str, str]:
 def run_logged(argv: list[str], log: Path, timeout_s: float, what: str) -> int:
     """Run `python argv` in a session of its own, output to `log` (tail printed on failure); on timeout
     the whole process group is killed."""
-    print(f"{what}: {' '.join(argv[:4])} ... (log: {log})", flush=True)
+    sys.stdout.write(f"{what}: {' '.join(argv[:4])} ... (log: {log})\n")  # one write: evaluations run side by side
+    sys.stdout.flush()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT, env=python_env(),
                                 start_new_session=True)
@@ -466,15 +469,16 @@ def trl_arms(config: str | None, overrides: list[str], args, out_dir: Path) -> t
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         spec = {"config": config, "overrides": overrides, "generation": generation, "output_dir": str(folder),
-                "micro_batches": args.trl_micro_batches, "result": str(folder / "result.json")}
+                "micro_batches": args.trl_micro_batches, "threads": args.trl_threads,
+                "result": str(folder / "result.json")}
         (folder / "spec.json").write_text(json.dumps(spec, indent=1))
         log = folder.with_suffix(".log")
         rc = run_logged(["-m", "benches.trl", "--trl-arm", str(folder / "spec.json")], log, args.timeout_s,
                         f"TRL arm ({generation} generation)")
         if rc == 0:
             result = json.loads((folder / "result.json").read_text())
-            if generation == "vllm":
-                notes.append("vLLM colocate ran on this machine")
+            notes.append("vLLM colocate ran on this machine" if generation == "vllm" else
+                         f"transformers' generate{'' if notes else ' (--trl-generation transformers)'}")
             return result, "; ".join(notes)
         reason = failure_reason(log.read_text())
         known = next((why for sign, why in KNOWN_FAILURES.items() if sign in reason), "")
@@ -517,6 +521,9 @@ def trl_arm(spec: dict) -> dict[str, Any]:
 
     from learners.learner import lr_factor
     from rewards.scorer import Scorer
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
 
     precision = learner_precision(cfg.learner.precision)
     rl, budget = cfg.rl, cfg.eval.budget
