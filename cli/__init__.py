@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from configs import ConfigError
-from tasks.benchmarks import DataFileError
+from tasks.files import DataFileError
 
 # name -> (module with main(argv, prog), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "view": ("cli.view", "a trajectory file or a run's latest evaluation as one HTML page: step summaries as an "
                          "outline, reasoning folded under each, Fold and Unfold side by side"),
     "score": ("cli.score", "check answers and compute rewards for a JSONL of responses (hang-proof)"),
+    "compress": ("cli.compress", "Extra-CoT's compressor: step traces -> keep labels -> a trained token classifier -> "
+                                 "mixed-ratio SFT data (traces, label, train, apply, bench)"),
     "task": ("cli.task", "show built-in task problems and their gold traces at each budget"),
     "init-model": ("cli.init_model", "build the tiny built-in tokenizer and model into a folder"),
     "bench": ("cli.bench", "benchmarks (benches/): fold, sync, async, sft, reward, trl; `all` runs each (make bench)"),

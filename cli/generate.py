@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from configs import add_config_arguments, config_from_args
-from tasks.benchmarks import DataFileError, check_jsonl
+from tasks.files import read_jsonl
 
 
 def main(argv: list[str], prog: str) -> int:
@@ -58,15 +58,16 @@ def questions(args, cfg) -> list[dict]:
     if args.prompt:
         return [{"question": args.prompt}]
     if args.data:
-        check_jsonl(args.data)
-        rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()][: args.limit]
-        for number, row in enumerate(rows, 1):
-            if "question" not in row and "problem" not in row:
-                raise DataFileError(f"{args.data}:{number}: no 'question' or 'problem' field")
+        rows = read_jsonl(args.data, check=_has_question)[: args.limit]
         return [{"question": row.get("question", row.get("problem")), "answer": row.get("answer")} for row in rows]
     from tasks.arithmetic import problems
 
     return [{"question": p.question, "answer": p.answer} for p in problems(cfg.task, "eval")[: args.limit]]
+
+
+def _has_question(row: dict) -> None:
+    if "question" not in row and "problem" not in row:
+        raise ValueError("no 'question' or 'problem' field")
 
 
 async def run(args, cfg, records, budget):

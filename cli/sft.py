@@ -1,4 +1,5 @@
-"""`accordion sft`: supervised cold start of the model on the built-in task's gold step traces.
+"""`accordion sft`: supervised cold start of the model on step traces: the built-in task's gold levels,
+or a step-trace file (`--data`, e.g. the output of `accordion compress apply`).
 
 Writes `<out>/checkpoint` (a Hugging Face folder; rerunning resumes from it), logs one MLflow run
 (default store `sqlite:///<out>/mlflow.db`), and finally evaluates Unfold and Fold on the held-out
@@ -21,8 +22,11 @@ def main(argv: list[str], prog: str) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--out", required=True, help="run folder: model, checkpoint, MLflow store, metrics.json")
     parser.add_argument("--no-eval", action="store_true", help="skip the final accuracy evaluation")
+    parser.add_argument("--data", help="step-trace JSONL to train on (same as sft.data=...)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
+    if args.data:
+        args.overrides.append(f"sft.data={args.data}")
     cfg = config_from_args(args)
     out = Path(args.out)
     try:
@@ -38,8 +42,9 @@ def main(argv: list[str], prog: str) -> int:
 def sft(cfg: Config, out: Path, evaluate: bool = True, store_dir: Path | None = None) -> dict[str, Any]:
     """Train (resuming from `out/checkpoint`), evaluate, write `out/metrics.json`; returns its metrics.
     MLflow's default store is `<store_dir or out>/mlflow.db` (the RL job keeps SFT and RL in one store)."""
-    if cfg.task.name != "arithmetic":
-        raise ConfigError(f"task.name {cfg.task.name!r}: sft trains on the built-in arithmetic task only")
+    if cfg.task.name != "arithmetic" and not cfg.sft.data:
+        raise ConfigError(f"task.name {cfg.task.name!r}: gold traces come from the built-in task only; "
+                          f"give sft.data a step-trace file (accordion compress traces / apply)")
     out.mkdir(parents=True, exist_ok=True)
 
     import ray
@@ -92,9 +97,9 @@ def held_out_accuracy(checkpoint: Path, cfg: Config, out: Path) -> dict[str, Any
 
     from cluster.run_dir import VIEW
     from evals.runner import local_backend, modes, protocols
-    from evals.traces import write_records
     from evals.view import write_view
     from tasks.dataset import records
+    from tasks.files import write_jsonl
 
     traces: list[dict] = []
 
@@ -106,6 +111,6 @@ def held_out_accuracy(checkpoint: Path, cfg: Config, out: Path) -> dict[str, Any
             return {**result, "generator_dtype": generator.dtype, "protocol": protocol.as_dict()}
 
     result = asyncio.run(run())
-    write_records(out / "trajectories.jsonl", traces)
+    write_jsonl(out / "trajectories.jsonl", traces)
     print(f"trajectories after SFT as step outlines: {write_view(traces, out / VIEW, f'{out}: held-out trajectories after SFT')}")
     return result

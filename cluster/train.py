@@ -193,12 +193,12 @@ class Trainer:
         """The evaluation's trajectories (`evals/step_N.jsonl`), their viewer (`view.html`) and the plots of
         the run so far (`plots/`), in the run folder and as MLflow artifacts."""
         from evals.plots import write_plots
-        from evals.traces import write_records
         from evals.view import write_view
+        from tasks.files import write_jsonl
 
         for trace in traces:
             trace["step"] = self.step
-        write_records(self.run_dir / "evals" / f"step_{self.step}.jsonl", traces)
+        write_jsonl(self.run_dir / "evals" / f"step_{self.step}.jsonl", traces)
         view = write_view(traces, self.run_dir / VIEW, f"{self.run_dir.name}: held-out trajectories after RL step {self.step}")
         sft = self.run_dir / "sft" / "metrics.json"
         so_far = {"sft": json.loads(sft.read_text()) if sft.is_file() else None, "rl_evals": read_evals(self.run_dir),
@@ -215,7 +215,8 @@ class Trainer:
                                           "ledger": self.queue.ledger.state_dict(), "mlflow_run_id": self.tracker.run_id})
 
     def log_samples(self, batch: list[Group]) -> None:
-        from evals.traces import trajectory_record, write_records
+        from evals.traces import trajectory_record
+        from tasks.files import write_jsonl
 
         if not self.rl.samples_to_log:
             return
@@ -223,7 +224,7 @@ class Trainer:
         records = [trajectory_record(t, source="rollout", answer=s["answer"], correct=s["correct"], step=self.step,
                                      reward=s["reward"], components=s.get("components"))
                    for g in batch for t, s in zip(g.trajectories, g.rewards)][: self.rl.samples_to_log]
-        self.tracker.artifact(write_records(path, records), "samples")
+        self.tracker.artifact(write_jsonl(path, records), "samples")
 
 
 def rollout_metrics(batch: list[Group], version: int) -> dict[str, float]:

@@ -239,7 +239,7 @@ class LearnerConfig(Section):
 
 
 class SFTConfig(Section):
-    """Supervised cold start on the built-in task's gold step traces (`accordion sft`)."""
+    """Supervised cold start on step traces (`accordion sft`): the built-in task's gold levels, or `data`."""
 
     steps: int = Field(600, ge=1)
     """Optimizer steps."""
@@ -254,6 +254,10 @@ class SFTConfig(Section):
     policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
     """With `budgets`: fraction of traces in policy mode, whose prompt ends with `<COMP_AUTO>` and whose
     response starts with the drawn budget token, so `<COMP_AUTO>` has choices for RL to weigh."""
+    data: str = ""
+    """A step-trace file (`accordion compress apply` writes one: `tasks.dataset.TraceRecord` lines) to train
+    on instead of the built-in task's gold levels; `budgets`, when set, picks which of its budgets are used,
+    and its last `eval_traces` records are held out for the eval loss."""
     eval_every: int = Field(100, ge=1)
     """Steps between held-out loss evaluations."""
     eval_traces: int = Field(64, ge=1)
@@ -267,8 +271,38 @@ class SFTConfig(Section):
 
     @model_validator(mode="after")
     def _policy_needs_budgets(self) -> SFTConfig:
-        if self.policy_fraction and not self.budgets:
+        if self.policy_fraction and not (self.budgets or self.data):
             raise ValueError(f"policy_fraction {self.policy_fraction} needs budgets to choose from")
+        return self
+
+
+class CompressConfig(Section):
+    """The Extra-CoT compressor (`accordion compress`): a small BERT-style token classifier, built and
+    trained locally, that scores each reasoning piece of a trace for keeping; top-k by score compresses."""
+
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    max_length: int = Field(512, ge=32)
+    """Positions per window: question (at most a quarter) plus a stretch of the trace; longer traces are
+    scored window by window."""
+    train_traces: int = Field(3000, ge=1)
+    """Built-in training traces (`--data builtin`); a labels file is used whole."""
+    eval_traces: int = Field(200, ge=1)
+    """Held-out traces for the F1 reported during training and by `compress bench`."""
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    save_every: int = Field(200, ge=1)
+    """Optimizer steps between checkpoints (one is always written at the end)."""
+    band: float = Field(0.05, gt=0, lt=1)
+    """`compress apply` keeps a compressed trace only when its measured ratio is this close to the target."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> CompressConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         return self
 
 
@@ -420,6 +454,7 @@ class Config(Section):
     tracking: TrackingConfig = TrackingConfig()
     learner: LearnerConfig = LearnerConfig()
     sft: SFTConfig = SFTConfig()
+    compress: CompressConfig = CompressConfig()
     reward: RewardConfig = RewardConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()

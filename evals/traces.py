@@ -15,14 +15,13 @@ interrupted it). `final` is the text after `</think>`. Model text is untrusted: 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from actors.fold import Trajectory
-from tasks.benchmarks import DataFileError
+from tasks.files import read_jsonl
 from tasks.format import STEP_CLOSE, STEP_OPEN, THINK_CLOSE, THINK_OPEN, reasoning_tokens
 
 
@@ -67,14 +66,6 @@ def trajectory_record(t: Trajectory, *, source: str, answer: str | None = None, 
     }
 
 
-def write_records(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    return path
-
-
 class _Step(BaseModel):
     reasoning: str
     summary: str | None
@@ -93,24 +84,4 @@ class _Record(BaseModel):
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Every trajectory record of a JSONL file; `DataFileError` names the file and line of the first
     line that is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"{path}: file not found")
-    out = []
-    with open(path, "rb") as f:  # decoded line by line, so that bytes that are not UTF-8 get a line number
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line.decode("utf-8"))
-                _Record.model_validate(record)
-            except UnicodeDecodeError:
-                raise DataFileError(f"{path}:{number}: not UTF-8 text") from None
-            except json.JSONDecodeError as err:
-                raise DataFileError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-            except ValidationError as err:
-                problem = err.errors()[0]
-                where = ".".join(map(str, problem["loc"])) or "line"
-                raise DataFileError(f"{path}:{number}: not a trajectory record: {where}: {problem['msg']}") from None
-            out.append(record)
-    return out
+    return read_jsonl(path, _Record, what="a trajectory record")

@@ -144,13 +144,21 @@ def answer_text(problem: Problem) -> str:
 
 
 def gold_trace(problem: Problem, lax: tuple[bool, ...], ratio: int = 100, budget: int | None = None) -> str:
-    """The gold response at `ratio` % of the full reasoning tokens (summaries included, tags excluded).
-
-    Spans are kept highest priority first and, within a priority, evenly across steps, so every step
-    is compressed alike; the last span kept may overshoot the budget by less than it would fall short
-    without it. The answer segment is never compressed.
-    """
+    """The gold response at `ratio` % of the full reasoning tokens (summaries included, tags excluded);
+    the answer segment is never compressed."""
     steps = trace_spans(problem, lax)
+    kept = kept_spans(steps, ratio)
+    rendered = [
+        (" ".join(t for j, (t, _) in enumerate(spans) if (i, j) in kept), summ)
+        for i, (spans, summ) in enumerate(steps)
+    ]
+    return render_trace(rendered, answer_text(problem), budget)
+
+
+def kept_spans(steps: list[tuple[list[Span], str]], ratio: int) -> set[tuple[int, int]]:
+    """`(step, span)` indices of the reasoning spans kept at `ratio` %: highest priority first and, within a
+    priority, evenly across steps, so every step is compressed alike; the last span kept may overshoot the
+    budget by less than it would fall short without it. Summaries are always kept (they count)."""
     full = sum(count_tokens(s) for spans, summ in steps for s in [*(t for t, _ in spans), summ])
     keep_budget = round(full * ratio / 100) - sum(count_tokens(summ) for _, summ in steps)
     # Rank spans: priority first, then the i-th span of that priority across all steps, then step order.
@@ -170,11 +178,17 @@ def gold_trace(problem: Problem, lax: tuple[bool, ...], ratio: int = 100, budget
         kept.add((step_idx, span_idx))
         if keep_budget <= 0:
             break
-    rendered = [
-        (" ".join(t for j, (t, _) in enumerate(spans) if (i, j) in kept), summ)
-        for i, (spans, summ) in enumerate(steps)
-    ]
-    return render_trace(rendered, answer_text(problem), budget)
+    return kept
+
+
+def span_levels(problem: Problem, lax: tuple[bool, ...]) -> list[tuple[list[tuple[str, int]], str]]:
+    """Per step of the full gold trace: each reasoning span with the smallest budget ratio at which it
+    survives (a larger ratio keeps a superset: the same ranking, read further), and the summary (kept at
+    every ratio). What the compressor learns to rank by."""
+    steps = trace_spans(problem, lax)
+    kept = {ratio: kept_spans(steps, ratio) for ratio in BUDGETS}
+    return [([(text, min(r for r in BUDGETS if (i, j) in kept[r])) for j, (text, _) in enumerate(spans)], summ)
+            for i, (spans, summ) in enumerate(steps)]
 
 
 def verbosity_levels(problem: Problem, lax: tuple[bool, ...]) -> dict[int, str]:

@@ -2,9 +2,10 @@
 `question`, `answer` (the gold final answer as text) and `source`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
+
+from tasks.files import read_jsonl
 
 # name -> (file per split, question field, function from a row to the gold answer text)
 SOURCES: dict[str, tuple[dict[str, str], str, Callable[[dict], str]]] = {
@@ -24,10 +25,6 @@ def _integral(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-class DataFileError(ValueError):
-    """A data file that cannot be read; the message names the file and the line."""
-
-
 def load_benchmark(name: str, data_dir: str | Path, split: str = "test"):
     """Records `{question, answer, source}` of benchmark `name` read from `data_dir`, as a `datasets.Dataset`."""
     import datasets  # slow to import: not at module level, so the CLI's help stays fast
@@ -38,9 +35,7 @@ def load_benchmark(name: str, data_dir: str | Path, split: str = "test"):
     if split not in files:
         raise ValueError(f"benchmark {name!r} has no {split!r} split: it has {sorted(files)}")
     path = Path(data_dir) / files[split]
-    if not path.is_file():
-        raise DataFileError(f"{path}: data file not found")
-    check_jsonl(path, required=(question_field,))
+    read_jsonl(path, required=(question_field,))  # `datasets` reports a malformed line without saying which one
     rows = datasets.load_dataset("json", data_files=str(path), split="train")
     # A fresh table rather than `map`: map would keep `answer`'s old type (AMC's floats).
     return datasets.Dataset.from_dict({
@@ -49,21 +44,3 @@ def load_benchmark(name: str, data_dir: str | Path, split: str = "test"):
         "source": [name] * len(rows),
     })
 
-
-def check_jsonl(path: Path, required: tuple[str, ...] = ()) -> None:
-    """Raise `DataFileError` at the first line that is not a JSON object with the `required` fields.
-
-    `datasets` reports a malformed line without saying which one; this pass names it."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFileError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataFileError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise DataFileError(f"{path}:{number}: missing field(s) {', '.join(missing)}")

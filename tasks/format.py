@@ -24,6 +24,7 @@ FORMAT_TOKENS = (THINK_OPEN, THINK_CLOSE, STEP_OPEN, STEP_CLOSE, *BUDGET_TOKENS.
 # of the built-in tokenizer, so token counts of built-in text are known without loading it.
 TOKEN_PATTERN = re.compile(r"\s*(?:[A-Za-z]+|\d|[^\sA-Za-z\d])")
 _FORMAT_TOKEN_PATTERN = re.compile("|".join(re.escape(t) for t in FORMAT_TOKENS))
+_PIECE = re.compile(rf"\s*(?:{_FORMAT_TOKEN_PATTERN.pattern})|{TOKEN_PATTERN.pattern}")
 _NO_TAG = rf"(?:(?!{_FORMAT_TOKEN_PATTERN.pattern}).)*"
 _STEP = re.compile(rf"({_NO_TAG}){re.escape(STEP_OPEN)}({_NO_TAG}){re.escape(STEP_CLOSE)}", re.S)
 _TRACE = re.compile(
@@ -36,6 +37,16 @@ _TRACE = re.compile(
 def count_tokens(text: str) -> int:
     """Tokens of `text` under the built-in tokenizer, format tokens excluded (they are not reasoning)."""
     return len(TOKEN_PATTERN.findall(_FORMAT_TOKEN_PATTERN.sub(" ", text)))
+
+
+def pieces(text: str) -> list[re.Match]:
+    """`text` cut as the built-in tokenizer cuts it: format tokens and `TOKEN_PATTERN` pieces, each with the
+    whitespace before it (only trailing whitespace falls outside every piece), as matches with offsets."""
+    return list(_PIECE.finditer(text))
+
+
+def is_format_token(piece: str) -> bool:
+    return piece.strip() in FORMAT_TOKENS
 
 
 def reasoning_tokens(response: str) -> int:
@@ -76,6 +87,15 @@ def parse_trace(response: str) -> tuple[list[tuple[str, str]], str] | None:
         return None
     steps = [(r.strip(), s.strip()) for r, s in _STEP.findall(match.group("body"))]
     return steps, match.group("answer").strip()
+
+
+def require_steps(response: str) -> tuple[list[tuple[str, str]], str]:
+    """`parse_trace` for a response that must be a step trace with at least one step; ValueError otherwise."""
+    parsed = parse_trace(response)
+    if parsed is None or not parsed[0]:
+        raise ValueError(f"not a step trace: expected {THINK_OPEN} (reasoning {STEP_OPEN} summary {STEP_CLOSE})+ "
+                         f"{THINK_CLOSE} answer")
+    return parsed
 
 
 def budget_prompt(question: str, budget: int | str | None) -> str:

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.benchmarks import SOURCES, DataFileError, load_benchmark
+from tasks.benchmarks import SOURCES, load_benchmark
+from tasks.files import DataFileError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROWS = {("math500", "test"): 500, ("gsm8k", "test"): 1319, ("gsm8k", "train"): 7473,
@@ -32,7 +33,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
 
 def test_missing_field_names_file_and_line(tmp_path):
     (tmp_path / "math500.jsonl").write_text('{"problem": "p", "answer": "1"}\n\n{"answer": "2"}\n')
-    with pytest.raises(DataFileError, match=r"math500.jsonl:3: missing field\(s\) problem"):
+    with pytest.raises(DataFileError, match=r"math500.jsonl:3: missing field 'problem'"):
         load_benchmark("math500", tmp_path)
 
 

@@ -91,7 +91,7 @@ def test_a_missing_data_file_is_one_clear_error(tmp_path, capsys):
     code = accordion(["eval", "--model", "nowhere", "--out", str(tmp_path / "x.json"), "--data", "aime24",
                       f"task.data_dir={tmp_path}"])
     err = capsys.readouterr().err
-    assert code == 2 and f"{tmp_path / 'aime24.jsonl'}: data file not found" in err and "Traceback" not in err
+    assert code == 2 and f"{tmp_path / 'aime24.jsonl'}: file not found" in err and "Traceback" not in err
 
 
 @pytest.fixture(scope="module")

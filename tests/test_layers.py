@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top; the packages of one layer are peers that do not import each other.
-LAYERS = [("configs",), ("tasks",), ("models",), ("actors", "rewards", "learners"), ("evals",), ("cluster",),
+LAYERS = [("configs",), ("tasks",), ("models",), ("actors", "rewards", "learners", "compress"), ("evals",), ("cluster",),
           ("benches",), ("cli",)]
 LAYER = {package: i for i, layer in enumerate(LAYERS) for package in layer}
 

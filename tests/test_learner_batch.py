@@ -127,3 +127,24 @@ def test_trace_stream_depends_only_on_position(tokenizer):
     second = [tokenizer.decode(a.sample(i)[0].prompt_ids) for i in range(50, 100)]
     strip = lambda p: p.split("<COMP")[0]  # noqa: E731
     assert sorted(map(strip, first)) == sorted(map(strip, second)) and first != second
+
+
+def test_a_step_trace_file_trains_as_the_same_samples_with_its_budgets_and_holds_out_its_tail(tokenizer, tmp_path):
+    from configs import ConfigError
+    from tasks.files import write_jsonl
+
+    task = TaskConfig(min_steps=2, max_steps=3)
+    rows = [{"question": p.question, "answer": str(p.answer), "budget": b,
+             "response": gold_trace(p, lax_steps(p, task.lax_fraction, task.seed), b, b)}
+            for p in problems(task, "eval")[:10] for b in (40, 100)]
+    path = write_jsonl(tmp_path / "sft.jsonl", rows)
+    sft = SFTConfig(data=str(path), budgets=(40,), eval_traces=2, fold_fraction=0.5)
+    train, held_out = TraceStream(tokenizer, task, sft), TraceStream(tokenizer, task, sft, split="eval")
+    assert [r["budget"] for r in train.items] == [40] * 8 and held_out.items == [rows[16], rows[18]]
+    for i in range(8):  # the same samples as the gold trace of the problem the prompt asks, at budget 40
+        samples = train.sample(i)
+        problem = next(p for p in problems(task, "eval") if p.question in tokenizer.decode(samples[0].prompt_ids))
+        assert samples == trace_samples(tokenizer, problem, len(samples) > 1, task.lax_fraction, task.seed, 40)
+    with pytest.raises(ConfigError, match="sft.data .*: 2 traces with budgets \\[20\\]"):
+        TraceStream(tokenizer, task, SFTConfig(data=str(write_jsonl(tmp_path / "few.jsonl", [
+            {**rows[0], "budget": 20}, {**rows[1], "budget": 20}])), budgets=(20,), eval_traces=2))

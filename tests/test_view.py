@@ -11,9 +11,10 @@ import pytest
 
 import cli
 from actors.fold import AUTO, FoldChain, Limits, RolloutRequest, Segment, unfold_trajectory
-from evals.traces import read_records, split_steps, trajectory_record, write_records
+from evals.traces import read_records, split_steps, trajectory_record
+from tasks.files import write_jsonl
 from evals.view import render_view, write_view
-from tasks.benchmarks import DataFileError
+from tasks.files import DataFileError
 from tasks.format import count_tokens, fold_context, fold_segments, render_trace
 
 LIMITS = Limits(segment_tokens=64, max_segments=6, max_prompt_tokens=200, max_summary_tokens=16)
@@ -83,7 +84,7 @@ def test_a_fold_record_has_one_step_per_segment_then_the_answer():
 
 def test_records_survive_the_jsonl_round_trip(tmp_path):
     rs = [*records(), HAND]
-    assert read_records(write_records(tmp_path / "evals" / "step_3.jsonl", rs)) == rs
+    assert read_records(write_jsonl(tmp_path / "evals" / "step_3.jsonl", rs)) == rs
 
 
 def test_the_page_shows_summaries_folded_reasoning_and_every_header_fact():
@@ -164,7 +165,7 @@ def test_split_steps_reads_malformed_and_unfinished_responses_leniently(response
 @pytest.mark.parametrize("line, problem", [
     ('{"id": "x", "question": "q", "mode": "fold", "steps": []}', "not a trajectory record: final: Field required"),
     ('{"id": "x", "question": "q", "mode": "both", "steps": [], "final": ""}', "mode: Input should be"),
-    ('[1, 2]', "not a trajectory record: line: Input should be a valid dictionary"),
+    ('[1, 2]', "not a trajectory record"),
     ('{"id": "x", "question": ', "malformed JSON"),
 ])
 def test_a_line_that_is_not_a_trajectory_names_file_and_line(tmp_path, line, problem):
@@ -185,8 +186,8 @@ def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
 def run(tmp_path):
     """A run folder with an evaluation at step 3 and rollout samples of step 5."""
     ok, interrupted, unfold, cut = records()
-    write_records(tmp_path / "run" / "evals" / "step_3.jsonl", [ok, interrupted, unfold])
-    write_records(tmp_path / "run" / "samples" / "step_5.jsonl", [cut])
+    write_jsonl(tmp_path / "run" / "evals" / "step_3.jsonl", [ok, interrupted, unfold])
+    write_jsonl(tmp_path / "run" / "samples" / "step_5.jsonl", [cut])
     return tmp_path / "run"
 
 
@@ -203,7 +204,7 @@ def test_a_run_folder_shows_its_newest_evaluation_then_the_step_asked_for(run, c
 
 
 def test_a_file_is_viewed_beside_it_and_limit_keeps_whole_questions(run, capsys):
-    path = write_records(run / "all.jsonl", [*records(), HAND])
+    path = write_jsonl(run / "all.jsonl", [*records(), HAND])
     assert cli.main(["view", str(path), "--limit", "1"]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {run}/view.html: 3 trajectories of 1 questions")
 
@@ -232,7 +233,7 @@ def test_a_missing_step_lists_the_steps_there_are(run, capsys):
     assert capsys.readouterr().err == (f"accordion view: error: {run}: no evals/step_4.jsonl or samples/step_4.jsonl "
                                        "(evals/ has steps 3; samples/ has steps 5)\n")
     with pytest.raises(SystemExit):  # --step names a file of a run folder
-        cli.main(["view", str(write_records(run / "t.jsonl", [HAND])), "--step", "3"])
+        cli.main(["view", str(write_jsonl(run / "t.jsonl", [HAND])), "--step", "3"])
 
 
 def test_a_bad_line_stops_the_command_with_file_and_line(run, capsys):
@@ -253,7 +254,7 @@ def test_the_page_in_headless_chromium(run, tmp_path, capsys):
         pytest.skip("needs Debian's chromium: apt-get install chromium (CI's .ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
-    write_records(run / "evals" / "step_3.jsonl", [*records(), HAND])
+    write_jsonl(run / "evals" / "step_3.jsonl", [*records(), HAND])
     assert cli.main(["view", str(run)]) == 0
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
