@@ -12,12 +12,12 @@ with the chosen budget token and `<think>`, and later contexts carry that budget
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from tasks.format import (
-    BUDGET_TOKENS, FORMAT_TOKENS, STEP_CLOSE, STEP_OPEN, THINK_CLOSE, THINK_OPEN, fold_context, parse_trace,
+    BUDGET_TOKENS, FORMAT_TOKENS, STEP_CLOSE, STEP_OPEN, THINK_CLOSE, fold_context, parse_trace,
+    split_budget,
 )
 
 Mode = Literal["fold", "unfold"]
@@ -25,8 +25,6 @@ Status = Literal["answered", "unfinished", "malformed"]
 AUTO = "auto"
 """`RolloutRequest.budget` for policy mode: the prompt ends with `<COMP_AUTO>`, the model picks its budget."""
 
-_BUDGET_BY_TOKEN = {token: ratio for ratio, token in BUDGET_TOKENS.items()}
-_CHOSEN = re.compile(r"\s*(<COMP_\d+>)\s*" + re.escape(THINK_OPEN))
 
 
 @dataclass(frozen=True)
@@ -144,11 +142,9 @@ def parse_segment(text: str, finish_reason: str, stopped_at_step: bool, first: b
     """
     chosen = None
     if first and policy:
-        match = _CHOSEN.match(text)
-        if match is None or match.group(1) not in _BUDGET_BY_TOKEN:
+        chosen, text = split_budget(text)
+        if chosen is None:
             return Parsed("malformed", "policy mode: the segment does not start with <COMP_xx> <think>")
-        chosen = _BUDGET_BY_TOKEN[match.group(1)]
-        text = text[match.end():]
     if not text.strip():
         return Parsed("malformed", "empty segment")
     if finish_reason == "length":
@@ -241,7 +237,7 @@ def unfold_trajectory(request: RolloutRequest, segment: Segment) -> Trajectory:
     """An Unfold rollout: one segment holding the whole response."""
     text = first_context(request.budget) + segment.text
     status, reason = unfold_status(segment.text, text, segment.finish_reason, request.budget == AUTO)
-    budget = chosen_budget(text) if request.budget == AUTO else request.budget
+    budget = split_budget(text)[0] if request.budget == AUTO else request.budget
     return _trajectory(request, [segment], status, reason, budget)
 
 
@@ -257,7 +253,7 @@ def unfold_status(generated: str, text: str, finish_reason: str, policy: bool) -
         return "malformed", "malformed: empty segment"
     if finish_reason == "length":
         return "unfinished", "unfinished: hit the token limit"
-    if policy and chosen_budget(text) is None:
+    if policy and split_budget(text)[0] is None:
         return "malformed", "malformed: policy mode: the response does not start with <COMP_xx> <think>"
     if parse_trace(text) is None:
         return "malformed", "malformed: not <think> (reasoning <step> summary </step>)* </think> answer"
@@ -270,10 +266,6 @@ def _trajectory(request: RolloutRequest, segments: list[Segment], status: Status
     return Trajectory(request.id, request.question, request.mode, request.budget, segments, status, reason,
                       response, budget, dict(request.meta))
 
-
-def chosen_budget(text: str) -> int | None:
-    match = _CHOSEN.match(text)
-    return _BUDGET_BY_TOKEN.get(match.group(1)) if match else None
 
 
 def _tag_list(counts: dict[str, int]) -> str:

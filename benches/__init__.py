@@ -7,11 +7,23 @@ with `precision`, `cpu` and `date`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from configs import add_config_arguments
+
 COLUMNS = {"figure": "figure", "ours": "ours", "baseline": "peer/baseline", "ratio": "ratio", "target": "target"}
+
+
+def bench_parser(prog: str, doc: str | None, out_required: bool = True) -> argparse.ArgumentParser:
+    """What every benchmark's command line starts with: its docstring as help, `--out FILE.json`, and the
+    config with its overrides (`configs.config_from_args` reads them)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=out_required, help="JSON file for the results")
+    add_config_arguments(parser)
+    return parser
 
 
 def figure(name: str, ours: float, baseline: float | None = None, target: str = "") -> dict:

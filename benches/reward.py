@@ -13,26 +13,24 @@ after another, no timeout (on the adversarial set it would hang, so it does not 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
 from pathlib import Path
 
-from benches import figure, report
-from configs import add_config_arguments, config_from_args
+from benches import bench_parser, figure, report
+from configs import config_from_args
 from tasks.benchmarks import load_benchmark
 from tasks.format import reasoning_tokens, render_trace
 
+
 def main(argv: list[str], prog: str) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser = bench_parser(prog, __doc__)
     parser.add_argument("--n", type=int, default=1000, help="ordinary responses (default: %(default)s)")
     parser.add_argument("--adversarial", type=int, default=64, help="adversarial responses, most of them run to "
                         "the timeout: 4 of each kind by default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inputs", type=Path, help="also write both sets as JSONL into this folder")
-    add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     sets = {"ordinary": ordinary(args.n, Path(cfg.task.data_dir), args.seed),

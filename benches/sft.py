@@ -10,23 +10,20 @@ Tokens are real (prompt + response) tokens, padding excluded. The first `--warmu
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from benches import figure, report
-from configs import add_config_arguments, config_from_args
+from benches import bench_parser, figure, report
+from configs import config_from_args
 
 
 def main(argv: list[str], prog: str) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser = bench_parser(prog, __doc__)
     parser.add_argument("--steps", type=int, default=12, help="timed steps per arm (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per arm (default: %(default)s)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="learner ranks to measure (default: 1 2)")
-    add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 

@@ -21,7 +21,6 @@ model.num_heads=12 model.num_kv_heads=3 model.intermediate_size=2304`.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import math
 import statistics
@@ -29,18 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benches import figure, report
-from configs import add_config_arguments, config_from_args
+from benches import bench_parser, figure, report
+from configs import config_from_args
 
 
 def main(argv: list[str], prog: str) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser = bench_parser(prog, __doc__)
     parser.add_argument("--bucket-mb", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="syncs per method; the median is reported")
     parser.add_argument("--samples", type=int, default=16, help="samples in the step the sync is compared with")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per sample (a quarter of them prompt)")
-    add_config_arguments(parser)
     args = parser.parse_args(argv)
     result = run(args, config_from_args(args))
     params = result["settings"]["parameters"] / 1e6

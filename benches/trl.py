@@ -52,7 +52,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from configs import add_config_arguments, load_config
+from benches import bench_parser, figure, report
+from configs import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATIONS = ("auto", "vllm", "transformers")
@@ -64,8 +65,7 @@ TARGET_RATIO = 3.0
 
 
 def main(argv: list[str], prog: str = "accordion bench trl") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="JSON file for the results")
+    parser = bench_parser(prog, __doc__, out_required=False)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per arm (default: %(default)s)")
     parser.add_argument("--model", help="SFT'd model folder both arms start from (default: model.path, else the "
                                         "tiny model after a short `accordion sft`)")
@@ -83,7 +83,6 @@ def main(argv: list[str], prog: str = "accordion bench trl") -> int:
     parser.add_argument("--no-eval-start", action="store_true", help="skip evaluating the starting model")
     parser.add_argument("--timeout-s", type=float, default=3600, help="limit of each arm's process (default: %(default)s)")
     parser.add_argument("--trl-arm", type=Path, help=argparse.SUPPRESS)  # internal: run the TRL arm from a spec file
-    add_config_arguments(parser)
     args = parser.parse_args(argv)
     if args.trl_arm:
         spec = json.loads(args.trl_arm.read_text())
@@ -95,8 +94,6 @@ def main(argv: list[str], prog: str = "accordion bench trl") -> int:
     for name in ("steps", "sft_steps", "trl_micro_batches", "trl_threads", "eval_questions", "eval_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    from benches import report
-
     result = run(args)
     print_table(result)
     report(args.out, result, figures(result), result["precision"])
@@ -260,8 +257,6 @@ def assemble(ours: dict, trl: dict, accuracy: dict[str, float | None], job: dict
 
 def figures(result: dict) -> list[dict]:
     """The headline rows of `accordion bench all`'s table (`benches.figure`): ours vs TRL on the same job."""
-    from benches import figure
-
     job = f"{result['job']['prompts_per_step']}x{result['job']['samples_per_prompt']} Unfold, {result['job']['steps']} steps"
     p = result["protocol"]
     rows = [figure(f"trained samples/s, accordion train vs TRL GRPOTrainer ({result['trl_generation']}), {job}",

@@ -149,7 +149,7 @@ def bench_compressor(args: argparse.Namespace, cfg: Config) -> int:
     compressor = Compressor.load(args.model)
     held_out = examples(args.data, cfg, "eval" if args.data == "builtin" else None)
     start = time.perf_counter()
-    figures = evaluate(compressor, held_out, cfg.compress.band)
+    figures = evaluate(compressor, held_out, cfg.compress.band, desc="scoring")
     seconds = time.perf_counter() - start
     figures |= {"traces_per_s": round(len(held_out) / seconds, 1), "precision": "fp32", "cpu": machine(),
                 "data": args.data}

@@ -16,6 +16,7 @@ from typing import Any
 
 from configs import ConfigError, add_config_arguments, config_from_args
 from configs.schema import Config
+from tasks.files import DataFileError
 
 
 def main(argv: list[str], prog: str) -> int:
@@ -45,6 +46,8 @@ def sft(cfg: Config, out: Path, evaluate: bool = True, store_dir: Path | None = 
     if cfg.task.name != "arithmetic" and not cfg.sft.data:
         raise ConfigError(f"task.name {cfg.task.name!r}: gold traces come from the built-in task only; "
                           f"give sft.data a step-trace file (accordion compress traces / apply)")
+    if cfg.sft.data and not Path(cfg.sft.data).is_file():  # now, not after Ray and the learners have started
+        raise DataFileError(f"sft.data {cfg.sft.data}: file not found")
     out.mkdir(parents=True, exist_ok=True)
 
     import ray

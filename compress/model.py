@@ -105,13 +105,16 @@ class Compressor:
         return self.model(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
 
     @torch.no_grad()
-    def scores(self, items: Sequence[tuple[str, Trace]], batch_size: int = 32) -> list[dict[int, list[float]]]:
+    def scores(self, items: Sequence[tuple[str, Trace]], batch_size: int = 32,
+               desc: str | None = None) -> list[dict[int, list[float]]]:
         """For each `(question, trace)`, per ratio of `RATIOS`, every piece's probability of being kept at
-        that ratio (tags are scored too; `select` keeps them anyway)."""
+        that ratio (tags are scored too; `select` keeps them anyway). `desc`: show a progress bar."""
+        from tqdm import tqdm
+
         self.model.eval()
         flat = [(k, w) for k, (question, trace) in enumerate(items) for w in self.windows(question, trace)]
         out = [torch.zeros(len(trace.pieces), len(RATIOS)) for _, trace in items]
-        for i in range(0, len(flat), batch_size):
+        for i in tqdm(range(0, len(flat), batch_size), desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True):
             chunk = flat[i:i + batch_size]
             keep = torch.sigmoid(self.logits([w for _, w in chunk])).cpu()
             for row, (k, w) in enumerate(chunk):
@@ -192,10 +195,10 @@ def save(compressor: Compressor, optimizer, out: Path, state: dict[str, Any]) ->
     tmp.replace(out / STATE)
 
 
-def evaluate(compressor: Compressor, examples: list[Example], band: float = 0.05) -> dict[str, Any]:
+def evaluate(compressor: Compressor, examples: list[Example], band: float = 0.05, desc: str | None = None) -> dict[str, Any]:
     """Against labelled examples, at each ratio: keep F1 over all counted pieces (micro), the fraction of
     compressed traces within `band` of the target ratio, and the fraction that still parse as step traces."""
-    scores = compressor.scores([(e.question, e.trace) for e in examples])
+    scores = compressor.scores([(e.question, e.trace) for e in examples], desc=desc)
     counts = {r: [0, 0, 0] for r in RATIOS}
     within = parsed = 0
     for example, score in zip(examples, scores):
@@ -221,7 +224,7 @@ def compress_records(compressor: Compressor, records: list[dict], ratios: Sequen
     """Each step-trace record at 100 % (tagged `<COMP_100>`) and at every ratio, the compressed ones kept
     only within `band` of their target; returns the records and, per ratio, [kept, dropped]."""
     traces = [read_trace(r["response"]) for r in records]
-    scores = compressor.scores([(r["question"], t) for r, t in zip(records, traces)], batch_size)
+    scores = compressor.scores([(r["question"], t) for r, t in zip(records, traces)], batch_size, desc="compressing")
     out, tally = [], {r: [0, 0] for r in ratios}
     for record, trace, score in zip(records, traces, scores):
         base = {k: record[k] for k in ("question", "answer", "source")}

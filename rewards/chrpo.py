@@ -28,15 +28,13 @@ unanswered is lowest (P_format > λ_under ≥ miss).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-from tasks.format import BUDGET_TOKENS, THINK_CLOSE, parse_trace
+from tasks.format import THINK_CLOSE, parse_trace, split_budget
 
 Status = Literal["answered", "unfinished", "malformed"]
 STATUSES: tuple[Status, ...] = ("answered", "unfinished", "malformed")
-_CHOICE = re.compile(r"\s*<COMP_(\d+)>")
 
 
 @dataclass(frozen=True)
@@ -136,7 +134,5 @@ def trace_status(response: str) -> Status:
 
 def chosen_ratio(response: str) -> float | None:
     """The ratio a policy-mode response picked with its first token (`<COMP_40>` -> 0.4), or None."""
-    match = _CHOICE.match(response)
-    if match is None or int(match.group(1)) not in BUDGET_TOKENS:
-        return None
-    return int(match.group(1)) / 100
+    budget, _ = split_budget(response)
+    return None if budget is None else budget / 100

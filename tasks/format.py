@@ -25,6 +25,7 @@ FORMAT_TOKENS = (THINK_OPEN, THINK_CLOSE, STEP_OPEN, STEP_CLOSE, *BUDGET_TOKENS.
 TOKEN_PATTERN = re.compile(r"\s*(?:[A-Za-z]+|\d|[^\sA-Za-z\d])")
 _FORMAT_TOKEN_PATTERN = re.compile("|".join(re.escape(t) for t in FORMAT_TOKENS))
 _PIECE = re.compile(rf"\s*(?:{_FORMAT_TOKEN_PATTERN.pattern})|{TOKEN_PATTERN.pattern}")
+_OPENING_BUDGET = re.compile(rf"\s*<COMP_(\d+)>\s*{re.escape(THINK_OPEN)}")
 _NO_TAG = rf"(?:(?!{_FORMAT_TOKEN_PATTERN.pattern}).)*"
 _STEP = re.compile(rf"({_NO_TAG}){re.escape(STEP_OPEN)}({_NO_TAG}){re.escape(STEP_CLOSE)}", re.S)
 _TRACE = re.compile(
@@ -96,6 +97,15 @@ def require_steps(response: str) -> tuple[list[tuple[str, str]], str]:
         raise ValueError(f"not a step trace: expected {THINK_OPEN} (reasoning {STEP_OPEN} summary {STEP_CLOSE})+ "
                          f"{THINK_CLOSE} answer")
     return parsed
+
+
+def split_budget(text: str) -> tuple[int | None, str]:
+    """The budget a response opens with and the rest after its `<think>`: `<COMP_40> <think> x` -> (40, " x");
+    (None, text) when `text` does not open with a known budget token followed by `<think>`."""
+    match = _OPENING_BUDGET.match(text)
+    if match is None or int(match.group(1)) not in BUDGET_TOKENS:
+        return None, text
+    return int(match.group(1)), text[match.end():]
 
 
 def budget_prompt(question: str, budget: int | str | None) -> str:

@@ -134,3 +134,11 @@ def test_a_problem_space_too_small_for_a_held_out_split_is_an_error_not_a_hang()
     tiny = TaskConfig(min_steps=1, max_steps=1, max_operand=1, train_size=2000, eval_size=20)
     with pytest.raises(ValueError, match="task.eval_size 20: too few problems"):
         problems(tiny, "eval")
+
+
+def test_the_one_budget_token_parser_reads_a_known_token_before_think():
+    from tasks.format import split_budget
+
+    assert split_budget(" <COMP_40> <think> op 1") == (40, " op 1")
+    for text in ("<COMP_30> <think> x", "<COMP_40> x", "<think> x", "x <COMP_40> <think>"):
+        assert split_budget(text) == (None, text)

@@ -11,6 +11,8 @@ from compress.spans import read_trace
 from tasks.files import read_jsonl
 from tasks.format import BUDGET_TOKENS, parse_trace
 
+pytestmark = pytest.mark.system  # a real MLflow store and a trained model: ~35 s
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL = ["task.train_size=400", "task.eval_size=40", "compress.train_traces=300", "compress.eval_traces=40",
          "compress.hidden_size=64", "compress.save_every=10"]
