@@ -36,7 +36,10 @@ test-unit: install
 
 # Every benchmark in turn (`accordion bench all`): benches/results.json and the table benches/results.md.
 # The figures are throughputs, so run it on a quiet machine (nothing else busy); ARGS as for demo.
+# TRL (`bench trl`'s peer) is the `bench` extra, installed here so that `make install` stays lean; only that
+# extra, so that pip does not bring back what the cpu install removed.
 bench: install
+	$(PY) -m pip install --quiet --progress-bar off -e '.[bench]'
 	$(VENV)/bin/accordion bench all --out benches/results.json $(ARGS)
 
 clean:
