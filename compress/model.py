@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from compress.labels import Example
-from compress.spans import RATIOS, Trace, measured_ratio, read_trace, render, select
+from compress.spans import RATIOS, Trace, keep_counts, measured_ratio, read_trace, render, select
 from configs.schema import CompressConfig
 from models.tokenizer import train_tokenizer
 from tasks.dataset import epoch_order
@@ -204,11 +204,8 @@ def evaluate(compressor: Compressor, examples: list[Example], band: float = 0.05
     for example, score in zip(examples, scores):
         for r in RATIOS:
             keep = select(example.trace, score[r], r)
-            gold = example.gold_keep(r)
-            counted = [(p, g) for p, g, atom in zip(keep, gold, example.trace.atoms) if atom >= 0]
-            counts[r][0] += sum(p and g for p, g in counted)
-            counts[r][1] += sum(p for p, _ in counted)
-            counts[r][2] += sum(g for _, g in counted)
+            for j, n in enumerate(keep_counts(keep, example.gold_keep(r), example.trace)):
+                counts[r][j] += n
             try:
                 within += abs(measured_ratio(example.trace, render(example.trace, keep, r)) - r / 100) <= band
                 parsed += 1
