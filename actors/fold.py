@@ -42,6 +42,9 @@ class RolloutRequest:
     top_p: float | None = None
     """Overrides the config's nucleus mass for this trajectory."""
     meta: dict = field(default_factory=dict)
+    seed: int | None = None
+    """Seeds the sampling: segment k draws with seed + k, so the same request on the same weights draws the
+    same tokens (a resumed run repeats the uninterrupted one). None: the engine's own stream."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("fold", "unfold"):

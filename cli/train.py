@@ -33,7 +33,9 @@ def main(argv: list[str], prog: str = "accordion train") -> int:
     add_config_arguments(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     args = parser.parse_args(argv)
-    cfg, run_dir, state = prepare_run(args.config, args.overrides, args.resume)
+    from cluster.plan import check_fits
+
+    cfg, run_dir, state = prepare_run(args.config, args.overrides, args.resume, check=check_fits)
     start = time.perf_counter()
 
     def interrupted() -> None:

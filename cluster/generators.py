@@ -13,9 +13,11 @@ from configs.schema import ClusterConfig, GeneratorConfig
 
 
 class GeneratorPool:
-    """`cluster.generators` `GeneratorActor`s on `start_from`, each in its bundle of `placement`."""
+    """`cluster.generators` `GeneratorActor`s on `start_from` (the weights of policy `version`), each in its
+    bundle of `placement`."""
 
-    def __init__(self, start_from: str, cfg: GeneratorConfig, cluster: ClusterConfig, seed: int, placement: Any = None):
+    def __init__(self, start_from: str, cfg: GeneratorConfig, cluster: ClusterConfig, seed: int, placement: Any = None,
+                 version: int = 0):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from actors.generator_actor import GeneratorActor
@@ -23,7 +25,8 @@ class GeneratorPool:
         def new(slot: int) -> Any:
             where = {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement, slot)} if placement else {}
             return GeneratorActor.options(num_cpus=cluster.generator_cpus, num_gpus=cluster.generator_gpus,
-                                          max_concurrency=1000, **where).remote(start_from, cfg, seed + slot)
+                                          max_concurrency=1000, **where).remote(start_from, cfg, seed + slot,
+                                                                                cluster.colocate, version)
 
         self._new: Callable[[int], Any] = new
         self.actors = [new(i) for i in range(cluster.generators)]
@@ -77,6 +80,21 @@ class GeneratorPool:
                 await actor.version.remote()
             except ray.exceptions.RayActorError:
                 await self.replace(slot, actor)
+
+    async def sleep(self) -> None:
+        """`cluster.colocate`: every generator frees its device for the learners (see `Generator.sleep`)."""
+        await self._each("sleep")
+
+    async def wake_up(self) -> None:
+        await self._each("wake_up")
+
+    async def _each(self, method: str) -> None:
+        import ray
+
+        done = await asyncio.gather(*(getattr(g, method).remote() for g in self.actors), return_exceptions=True)
+        for r in done:  # a dead one is replaced at the next sync, and a replacement starts awake
+            if isinstance(r, BaseException) and not isinstance(r, ray.exceptions.RayActorError):
+                raise r
 
     def shutdown(self) -> None:
         import ray

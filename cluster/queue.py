@@ -40,6 +40,8 @@ class PromptLedger:
         self.next_index = next_index
         self.retry: deque[int] = deque(retry)
         self.outstanding: set[int] = set()
+        self.reissued = 0
+        """Positions handed out again so far (lost with a generator, dropped as stale)."""
 
     def issue(self) -> int:
         index = self.retry.popleft() if self.retry else self._fresh()
@@ -58,6 +60,7 @@ class PromptLedger:
         """The prompt's rollout was lost (dead generator) or dropped (stale): hand it out again first."""
         self.outstanding.discard(index)
         self.retry.append(index)
+        self.reissued += 1
 
     def trained(self, index: int) -> None:
         self.outstanding.remove(index)
@@ -133,7 +136,7 @@ class RolloutQueue:
                     self.ledger.reissue(group.index)
                     self._changed.notify_all()
                 if len(self.buffer) >= self.groups_per_step:
-                    self.buffer.sort(key=lambda g: g.version)
+                    self.buffer.sort(key=lambda g: (g.version, g.index))  # not arrival order: a rerun repeats it
                     batch, self.buffer = self.buffer[: self.groups_per_step], self.buffer[self.groups_per_step :]
                     return batch
                 await self._changed.wait()

@@ -10,6 +10,7 @@ What a position holds is a pure function of the position (seeded epoch order, Mi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 from actors.fold import RolloutRequest, Trajectory
@@ -39,6 +40,11 @@ class Producer:
             return self.rl.mode
         return "unfold" if (index // self.rl.prompts_per_step) % 2 == 0 else "fold"
 
+    def seed(self, index: int, sample: int) -> int:
+        """A trajectory's sampling seed, a function of the position: a re-issued or resumed position draws
+        the same tokens from the same weights."""
+        return int.from_bytes(hashlib.blake2b(f"{self.rl.seed}:{index}:{sample}".encode(), digest_size=4).digest(), "little")
+
     def budget(self, index: int) -> int | str | None:
         return self.rl.budgets[index % len(self.rl.budgets)] if self.rl.budgets else None
 
@@ -49,7 +55,7 @@ class Producer:
         while True:
             index = await self.queue.admit()
             record, mode, budget = self.record(index), self.mode(index), self.budget(index)
-            requests = [RolloutRequest(f"{index}:{j}", record["question"], mode, budget)
+            requests = [RolloutRequest(f"{index}:{j}", record["question"], mode, budget, seed=self.seed(index, j))
                         for j in range(self.rl.samples_per_prompt)]
             needs_ref = self.chrpo and index not in self.ref_len
             if needs_ref:

@@ -1,8 +1,11 @@
 """The run folder of one job: what a new run writes first and what `--resume` reads back.
 
     <run_dir>/config.yaml        the resolved config (every default filled in)
-              state.json         step, data ledger, checkpoint path, MLflow run id: written last, atomically
+              state.json         step, data ledger, checkpoint path and its files' manifest, MLflow run id:
+                                 written last, atomically
               checkpoints/step_N Hugging Face folders (weights, tokenizer, optimizer state)
+              trained.jsonl      one line per RL step: the data positions it trained, set aside and re-issued
+                                 (a step redone after a crash appends again: its last line counts)
               evals.jsonl        one line per RL evaluation, appended as they happen
               evals/step_N.jsonl the trajectories of the evaluation at step N (`evals.traces` records)
               samples/step_N.jsonl some rollouts of training step N, with rewards (same records)
@@ -13,9 +16,10 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -25,21 +29,33 @@ from configs.schema import Config
 STATE = "state.json"
 RESOLVED_CONFIG = "config.yaml"
 EVALS = "evals.jsonl"
+TRAINED = "trained.jsonl"
 REPORT = "report.json"
 VIEW = "view.html"
 PLOTS = "plots"
 
 
-def prepare_run(config: str | None, overrides: list[str], resume: str | None) -> tuple[Config, Path, dict | None]:
-    """A new run refuses a folder that already holds one; `--resume` reads config and state from it."""
+class RunFolderError(RuntimeError):
+    """The run folder cannot take what the run writes, or holds a damaged checkpoint; the message names
+    the file and what to do."""
+
+
+def prepare_run(config: str | None, overrides: list[str], resume: str | None,
+                check: Callable[[Config], None] = lambda cfg: None) -> tuple[Config, Path, dict | None]:
+    """A new run refuses a folder that already holds one; `--resume` reads config and state from it.
+    `check` may refuse the config before anything is written."""
     if resume:
         run_dir = Path(resume)
         if not (run_dir / RESOLVED_CONFIG).is_file():
             raise ConfigError(f"--resume {run_dir}: no {RESOLVED_CONFIG} there (not a run folder)")
         cfg = load_config(run_dir / RESOLVED_CONFIG, overrides)
+        check(cfg)
         state = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else None
+        if state and state.get("checkpoint_files"):  # empty: the driver does not see the learners' disk
+            check_checkpoint(Path(state["checkpoint"]), state["checkpoint_files"], f"--resume {run_dir}")
         return cfg, run_dir, state
     cfg = load_config(config, overrides)
+    check(cfg)
     run_dir = Path(cfg.run_dir)
     if (run_dir / RESOLVED_CONFIG).exists():
         raise ConfigError(f"run_dir {run_dir} already holds a run: continue it with --resume {run_dir}, "
@@ -56,8 +72,44 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+EDGE_BYTES = 1 << 20
+
+
+def manifest(folder: Path) -> dict[str, list]:
+    """Every file of a checkpoint folder: [size, hash of its first and last MiB]. Catches a truncated or
+    torn checkpoint without reading gigabytes of optimizer state at every save."""
+    files: dict[str, list] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            edges = hashlib.sha256(f.read(EDGE_BYTES))
+            f.seek(max(size - EDGE_BYTES, 0))
+            edges.update(f.read(EDGE_BYTES))
+        files[path.relative_to(folder).as_posix()] = [size, edges.hexdigest()[:16]]
+    return files
+
+
+def check_checkpoint(folder: Path, expected: dict[str, list], who: str) -> None:
+    """Refuse a checkpoint that differs from its manifest, naming the first file that does."""
+    if not folder.is_dir():
+        raise RunFolderError(f"{who}: the checkpoint {folder} is missing; nothing was loaded")
+    found = manifest(folder)
+    for name, (size, digest) in expected.items():
+        problem = ("missing" if name not in found else
+                   f"{found[name][0]:,} bytes, written as {size:,}" if found[name][0] != size else
+                   "its contents changed" if found[name][1] != digest else "")
+        if problem:
+            raise RunFolderError(f"{who}: the checkpoint {folder} is damaged ({name}: {problem}); nothing was "
+                                 f"loaded. Restore the folder, or start a new run from it with model.path=<a copy "
+                                 f"that loads>")
+
+
 def append_eval(run_dir: Path, entry: dict) -> None:
-    with open(run_dir / EVALS, "a") as f:
+    append_line(run_dir / EVALS, entry)
+
+
+def append_line(path: Path, entry: dict) -> None:
+    with open(path, "a") as f:
         f.write(json.dumps(entry) + "\n")
 
 

@@ -37,18 +37,28 @@ class ModelConfig(Section):
 
     path: str = ""
     """Folder with a saved causal LM and tokenizer. Empty: build the tiny model into the run folder."""
-    hidden_size: int = Field(256, ge=32, le=4096)
-    """Tiny model only: width of the residual stream."""
-    num_layers: int = Field(4, ge=1, le=48)
-    """Tiny model only: number of decoder layers."""
-    num_heads: int = Field(4, ge=1, le=64)
-    """Tiny model only: attention heads (hidden_size must divide evenly)."""
-    num_kv_heads: int = Field(4, ge=1, le=64)
-    """Tiny model only: key/value heads for grouped-query attention."""
-    intermediate_size: int = Field(768, ge=32, le=16384)
-    """Tiny model only: width of the MLP."""
+    # The dimensions below build the tiny model. With `path` set they are read only by the memory plan
+    # (`accordion plan`), and only while `path` has no config.json yet: planning before a download.
+    architecture: Literal["qwen3", "qwen2", "llama"] = "qwen3"
+    """Planning a `path` not yet there: its architecture (the tiny model is always qwen3)."""
+    hidden_size: int = Field(256, ge=32, le=16384)
+    """Width of the residual stream."""
+    num_layers: int = Field(4, ge=1, le=128)
+    """Number of decoder layers."""
+    num_heads: int = Field(4, ge=1, le=128)
+    """Attention heads (hidden_size must divide evenly)."""
+    num_kv_heads: int = Field(4, ge=1, le=128)
+    """Key/value heads for grouped-query attention."""
+    head_dim: int = Field(0, ge=0, le=1024)
+    """Width of one attention head; 0: hidden_size / num_heads."""
+    intermediate_size: int = Field(768, ge=32, le=65536)
+    """Width of the MLP."""
+    vocab_size: int = Field(0, ge=0)
+    """Planning a `path` not yet there: its vocabulary (format tokens included). 0: the tiny tokenizer's."""
+    tie_word_embeddings: bool = True
+    """The LM head shares the embedding matrix."""
     max_position_embeddings: int = Field(2048, ge=128, le=131072)
-    """Tiny model only: longest sequence (prompt + response) the model can address."""
+    """Longest sequence (prompt + response) the model can address."""
     seed: int = 0
     """Seed of the random initialisation."""
 
@@ -101,6 +111,9 @@ class ClusterConfig(Section):
     """DeepSpeed ranks (one actor each)."""
     learner_cpus: float = Field(0.5, ge=0.0)
     learner_gpus: float = Field(0.0, ge=0.0)
+    max_learner_restarts: int = Field(2, ge=0)
+    """How often the RL job rebuilds its learners (and generators) from the last checkpoint after a learner
+    rank dies, before it stops with the rank, the cause and the `--resume` command."""
     reward_workers: int = Field(1, ge=1)
     reward_cpus: float = Field(0.0, ge=0.0)
     """Reward scoring is light; 0 lets the workers share cores with the other roles."""
@@ -108,6 +121,14 @@ class ClusterConfig(Section):
     """Ray placement-group strategy for each role's bundles."""
     placement_timeout_s: float = Field(120.0, gt=0.0)
     """How long to wait for the placement groups before giving up."""
+    colocate: bool = False
+    """Generation and training take turns on the same devices (the 48 GB mode): the generators sleep
+    while the learners train (vLLM sleep mode level 1 on GPUs: weights offloaded, KV cache dropped) and
+    wake before the weight sync. Needs rl.max_staleness 0. On CPUs, where vLLM has no sleep mode, only
+    the turns are kept."""
+    gpu_memory_gib: float = Field(0.0, ge=0.0)
+    """Memory of one GPU, for the memory plan that `accordion plan` prints and `accordion train` checks
+    before it starts a GPU run. 0: what torch reports for this machine's first GPU."""
 
 
 class TrackingConfig(Section):
@@ -140,7 +161,8 @@ class GeneratorConfig(Section):
     max_model_len: int = Field(2048, ge=64, le=131072)
     """Engine context length (prompt + response); must cover both modes' longest sequence."""
     kv_cache_gib: int = Field(1, ge=1, le=1024)
-    """CPU only: KV-cache memory in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    """KV-cache memory of one engine in GiB (CPU: VLLM_CPU_KVCACHE_SPACE; GPU: vLLM's
+    `kv_cache_memory_bytes`, so the memory plan holds whatever else shares the GPU)."""
     kv_cache_tokens: int | None = Field(None, ge=16)
     """Fixes the KV cache to this many tokens (rounded up to whole blocks) instead of sizing it from memory."""
     max_num_seqs: int = Field(256, ge=1, le=4096)
@@ -209,6 +231,9 @@ class LearnerConfig(Section):
     torch's generic bf16 kernels made the tiny model's SFT step ~10x slower than fp32."""
     offload_optimizer: bool = False
     """Keep optimizer state in host memory (GPU runs; on CPU it is there anyway)."""
+    gradient_checkpointing: bool = False
+    """Keep only each layer's input for the backward pass and recompute the rest: activation memory of
+    one layer instead of all (GPU runs with long sequences; ~30 % more compute)."""
     micro_batch_tokens: int = Field(2048, ge=16)
     """Most padded tokens (samples x longest sample) in one forward/backward; gradients accumulate
     over the micro-batches of a batch, and one `train_step` is one optimizer step. Samples are grouped
@@ -385,8 +410,10 @@ class RLConfig(Section):
     """Divide group advantages by the group's reward std (GRPO); Accordion-RL does not."""
     sync_every: int = Field(1, ge=1)
     """Optimizer steps between weight syncs to the generators."""
-    sync_backend: Literal["objstore", "gloo"] = "objstore"
-    """Ray object store (one put, every generator reads it) or a torch.distributed group (gloo on CPU)."""
+    sync_backend: Literal["objstore", "gloo", "nccl", "ipc"] = "objstore"
+    """How weights reach the generators (`models.sync`): the Ray object store (one put, every generator
+    reads it), a gloo broadcast group (CPU), the same over NCCL, or CUDA IPC handles to generators on the
+    learner's GPU. nccl and ipc need CUDA GPUs: a job without them stops at start."""
     bucket_mb: int = Field(64, ge=1)
     """Weight-sync bucket size in MiB."""
     save_every: int = Field(10, ge=1)
@@ -442,6 +469,19 @@ class EvalConfig(Section):
         return self
 
 
+class PlanConfig(Section):
+    """What the memory plan (`accordion plan`) assumes that no other setting fixes."""
+
+    question_tokens: int = Field(512, ge=1)
+    """Typical question (prompt before any reasoning), in tokens."""
+    summary_tokens: int = Field(256, ge=1)
+    """Typical Fold step summary, in tokens (Accordion's cold start asks for >= 100; the hard limit is
+    `generator.max_summary_tokens`)."""
+    reserve_gib: float = Field(2.0, ge=0.0)
+    """GPU memory per process beyond the planned tensors: CUDA context, allocator fragmentation,
+    communication buffers, vLLM's sampler and profiling peak."""
+
+
 class Config(Section):
     """The whole job. Sections are added per role; each role reads only its own."""
 
@@ -458,9 +498,13 @@ class Config(Section):
     reward: RewardConfig = RewardConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
+    plan: PlanConfig = PlanConfig()
 
     @model_validator(mode="after")
     def _reward_has_its_inputs(self) -> Config:
         if self.reward.name == "chrpo" and not self.rl.budgets:
             raise ValueError("reward.name chrpo rewards budgets: set rl.budgets (e.g. [auto, 100])")
+        if self.cluster.colocate and self.rl.max_staleness:
+            raise ValueError("cluster.colocate takes turns, generating then training, so nothing is generated "
+                             f"ahead: set rl.max_staleness 0 (it is {self.rl.max_staleness})")
         return self

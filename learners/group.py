@@ -3,21 +3,24 @@ group (gloo on CPU, NCCL on GPU).
 
     driver ── ray.put(batch) ──► rank 0 … rank N-1   (each takes its token-balanced share)
                                    └── all-reduce / ZeRO collectives among themselves ──┘
-    rank 0 ── full weights / bucket refs / metrics ──► driver
+    rank 0 ── full weights / metrics / weight sync (`models.sync`) ──► driver, generators
 
 Every method is blocking and returns plain results (rank 0's, after every rank has finished); to
 overlap training with generation, call it from a thread. A rank that fails raises here with its
-rank named, without waiting for the others (which may be stuck in a collective: `shutdown`).
+rank named, without waiting for the others (which may be stuck in a collective: `shutdown`); a rank
+whose process is gone raises `LearnerDied`, even when a peer's collective failed first.
 """
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from configs.schema import LearnerConfig
 from learners.batch import Sample
 from learners.learner import Learner, Loss
+from models.sync import Sent
 from models.weights import DEFAULT_BUCKET_BYTES
 
 
@@ -28,6 +31,17 @@ def _rendezvous() -> tuple[str, int]:
     with socket.socket() as s:
         s.bind(("", 0))
         return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+class LearnerDied(RuntimeError):
+    """A learner rank's process is gone (killed, out of memory, its node lost): the group is unusable,
+    but nothing is wrong with the job's inputs, so it can be rebuilt from a checkpoint."""
+
+    def __init__(self, rank: int, cause: BaseException):
+        # Ray's message spans lines of ids; its last line says why the process is gone.
+        why = [line.strip() for line in str(cause).splitlines() if line.strip()] or [type(cause).__name__]
+        super().__init__(f"learner rank {rank} died ({why[-1]})")
+        self.rank, self.cause = rank, cause
 
 
 class LearnerGroup:
@@ -74,10 +88,30 @@ class LearnerGroup:
             try:
                 results[rank] = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
-                raise err.as_instanceof_cause() from None
+                # A rank that died fails its peers' collectives; if one did, that is the cause to report.
+                raise self._dead_rank(pending) or err.as_instanceof_cause() from None
             except ray.exceptions.RayActorError as err:
-                raise RuntimeError(f"learner rank {rank} died: {err}") from None
+                raise LearnerDied(rank, err) from None
         return [results[r] for r in range(len(refs))]
+
+    @staticmethod
+    def _dead_rank(pending: dict, grace_s: float = 10.0) -> LearnerDied | None:
+        """Among the calls still `pending` (ref -> rank), one whose rank died within `grace_s`."""
+        import ray
+
+        deadline = time.monotonic() + grace_s
+        while pending and (left := deadline - time.monotonic()) > 0:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            if not done:
+                return None
+            rank = pending.pop(done[0])
+            try:
+                ray.get(done[0])
+            except ray.exceptions.RayActorError as err:
+                return LearnerDied(rank, err)
+            except ray.exceptions.RayTaskError:
+                pass
+        return None
 
     def _call(self, method: str, *args: Any) -> list:
         return self._gather([getattr(a, method).remote(*args) for a in self.actors])
@@ -99,29 +133,28 @@ class LearnerGroup:
         """Full weights (HF names; tied weights once) from rank 0."""
         return self._call("full_state")[0]
 
-    def weight_buckets(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> tuple[list, str]:
-        """The weights as `models.weights` buckets in the object store (refs) and their checksum,
-        for the generators' `update_weights`."""
-        return self._call("weight_buckets", bucket_bytes)[0]
+    def open_sync(self, backend: str) -> dict[str, Any]:
+        """Rank 0 opens a fresh sender end of the `models.sync` backend `backend`; returns what every
+        receiver needs to join (`Learner.open_sync`)."""
+        return self._call("open_sync", backend)[0]
 
-    def sync_address(self) -> tuple[str, int]:
-        """Rank 0's node address and a free port there, for a `GlooChannel` to the generators."""
-        import ray
+    def join_sync(self, world_size: int, meta: dict[str, Any]) -> None:
+        """Rank 0 joins as the sync's rank 0; with a group backend it blocks until every member joined
+        (call it from a thread while the generators join)."""
+        self._call("join_sync", world_size, meta)
 
-        return ray.get(self.actors[0].sync_address.remote())
-
-    def join_sync(self, host: str, port: int, world_size: int) -> None:
-        """Rank 0 joins the channel as its rank 0; blocks until every member joined (call it from a
-        thread while the generators join)."""
-        self._call("join_sync", host, port, world_size)
-
-    def send_weights(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> str:
-        """Broadcast the weights over the channel; the generators must be receiving. Returns the checksum."""
+    def send_weights(self, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Sent:
+        """Send the weights in buckets of at most `bucket_bytes`; with a collective backend the
+        generators must be receiving. Returns what the receivers are given (`models.sync.Sent`)."""
         return self._call("send_weights", bucket_bytes)[0]
 
     def sent_weights(self) -> tuple[list, str] | None:
-        """The buckets (refs) and checksum last sent over the channel (None before the first send)."""
+        """The buckets (object refs) and checksum last sent (None before the first send)."""
         return self._call("sent_weights")[0]
+
+    def finalize_sync(self) -> None:
+        """Every generator has the last send: rank 0 releases what it held for them."""
+        self._call("finalize_sync")
 
     def save(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
         """A checkpoint that transformers/vLLM load as a model folder; see `Learner.save`."""

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -25,7 +25,7 @@ from configs.schema import LearnerConfig, OptimConfig
 from learners import algos
 from learners.batch import BatchError, Sample, as_samples, collate, split_by_tokens, validate
 from models.precision import Precision, learner_precision, machine
-from models.weights import GlooChannel, checksum, to_buckets
+from models.sync import Sent, SyncBackend, make_backend
 
 STATE_FILE = "training_state.json"
 OPTIMIZER_DIR = "optimizer"
@@ -87,6 +87,8 @@ class Learner:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch.manual_seed(cfg.seed)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
         optim = cfg.optim
         optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
                                       weight_decay=optim.weight_decay)
@@ -95,8 +97,7 @@ class Learner:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(cfg, self.precision))
         self.device = self.engine.device
         self.step = 0  # optimizer steps applied
-        self._channel: GlooChannel | None = None  # weight sync to the generators (rank 0)
-        self._sent: tuple[list[bytes], str] | None = None  # what it last sent, for a replaced generator
+        self._sync: SyncBackend | None = None  # rank 0's end of the weight sync, from `open_sync`
 
     def describe(self) -> dict[str, str]:
         """The precision this rank trains in and the hardware it runs on (`models.precision`)."""
@@ -252,58 +253,37 @@ class Learner:
                 return None
             return {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
 
-    def weight_buckets(self, bucket_bytes: int) -> tuple[list, str] | None:
-        """On rank 0: the weights as `models.weights` buckets, put in the object store from here
-        (the driver passes the refs on and never holds the bytes), plus their checksum."""
-        import ray
+    # ---- weight sync to the generators (`models.sync`; rank 0 is the sender, the others help gather) ----
 
-        serialised = self._serialised(bucket_bytes)
-        if serialised is None:
+    def open_sync(self, backend: str) -> dict[str, Any] | None:
+        """Rank 0: a fresh sender end of `backend` (dropping the old one) and what the receivers need to
+        join it; None elsewhere."""
+        if self.rank:
             return None
-        buckets, digest = serialised
-        return [ray.put(b) for b in buckets], digest
+        self._sync = make_backend(backend)
+        return self._sync.prepare(os.environ["MASTER_ADDR"])
 
-    def _serialised(self, bucket_bytes: int) -> tuple[Iterator[bytes], str] | None:
-        """On rank 0: the weights' buckets (made as they are consumed) and their checksum; None elsewhere.
-        Collective (ZeRO-3 gathers)."""
+    def join_sync(self, world_size: int, meta: dict[str, Any]) -> None:
+        """Rank 0 joins as the sync's rank 0; blocks until every member joined (a group backend)."""
+        if not self.rank:
+            self._sync.build_topology(0, world_size, meta)
+
+    def send_weights(self, bucket_bytes: int) -> Sent | None:
+        """Stream the full weights to the receivers; rank 0 returns the send's `Sent`. Collective (ZeRO-3
+        gathers), and the receivers of a collective backend must be receiving."""
         state = self.full_state()
         if state is None:
             return None
-        return to_buckets(state.items(), bucket_bytes), checksum(state.items())
-
-    # ---- weight sync over a side group (rank 0 only acts; the same protocol NCCL runs on GPUs) ----
-
-    def sync_address(self) -> tuple[str, int] | None:
-        """Rank 0: this node's address and a free port for the weight-sync group's TCP store."""
-        import socket
-
-        if self.rank:
-            return None
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return os.environ["MASTER_ADDR"], s.getsockname()[1]
-
-    def join_sync(self, host: str, port: int, world_size: int) -> None:
-        """Rank 0 joins (or re-joins, dropping the old group) the `GlooChannel` as its rank 0."""
-        if not self.rank:
-            self._channel = GlooChannel(host, port, 0, world_size)
-
-    def send_weights(self, bucket_bytes: int) -> str | None:
-        """Broadcast the weights over the channel (checksum first, then the buckets); returns the checksum
-        on rank 0. Collective (ZeRO-3 gathers). The buckets are kept for `sent_weights`."""
-        serialised = self._serialised(bucket_bytes)
-        if serialised is None:
-            return None
-        buckets, digest = list(serialised[0]), serialised[1]
-        self._sent = buckets, digest
-        self._channel.send([digest.encode(), *buckets])
-        return digest
+        return self._sync.send(state.items(), bucket_bytes)
 
     def sent_weights(self) -> tuple[list, str] | None:
-        """Rank 0: the buckets (object refs) and checksum last sent, for a generator that was not in the group."""
-        import ray
+        """Rank 0: the weights last sent, as object-store refs, and their checksum (`SyncBackend.stored`)."""
+        return None if self.rank else self._sync.stored()
 
-        return None if self._sent is None else ([ray.put(b) for b in self._sent[0]], self._sent[1])
+    def finalize_sync(self) -> None:
+        """Rank 0: every receiver has the last send; release what it held (`SyncBackend.finalize`)."""
+        if not self.rank:
+            self._sync.finalize()
 
     def save(self, path: str | Path, state: Mapping[str, Any] | None = None) -> None:
         """A Hugging Face folder (weights, config, tokenizer) that vLLM and transformers load as is,
@@ -313,7 +293,9 @@ class Learner:
         tmp = path.with_name(path.name + ".tmp")
         weights = self.full_state()
         if self.rank == 0:
-            tmp.mkdir(parents=True, exist_ok=True)
+            if tmp.is_dir():  # left by a save that a crash cut short
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
             self.engine.module.save_pretrained(tmp, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
         self._barrier()
@@ -325,6 +307,7 @@ class Learner:
             (tmp / STATE_FILE).write_text(json.dumps(record, indent=1))
             if path.exists():
                 old = path.with_name(path.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
                 path.rename(old)
                 tmp.rename(path)
                 shutil.rmtree(old, ignore_errors=True)

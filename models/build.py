@@ -29,28 +29,40 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
     return texts
 
 
-def build_tiny_model(cfg: ModelConfig, out: str | Path) -> Path:
-    """Write tokenizer and model to `out` with `save_pretrained`; transformers and vLLM load it as is."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def architecture_config(cfg: ModelConfig, architecture: str, vocab_size: int, **token_ids: int):
+    """The transformers config of a decoder with the dimensions of `cfg`: the tiny model's, or a real
+    model's when the memory plan runs before its folder exists."""
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
-    out = Path(out)
-    tokenizer = train_tokenizer(tokenizer_corpus(cfg.seed))
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
+    kind = {"qwen3": Qwen3Config, "qwen2": Qwen2Config, "llama": LlamaConfig}[architecture]
+    return kind(
+        vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.hidden_size // cfg.num_heads,
+        head_dim=cfg.head_dim or cfg.hidden_size // cfg.num_heads,
         intermediate_size=cfg.intermediate_size,
         max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=cfg.tie_word_embeddings,
         torch_dtype="float32",
+        **token_ids,
     )
+
+
+def tiny_tokenizer(cfg: ModelConfig):
+    return train_tokenizer(tokenizer_corpus(cfg.seed))
+
+
+def build_tiny_model(cfg: ModelConfig, out: str | Path) -> Path:
+    """Write tokenizer and model to `out` with `save_pretrained`; transformers and vLLM load it as is."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    out = Path(out)
+    tokenizer = tiny_tokenizer(cfg)
+    config = architecture_config(cfg, "qwen3", len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(cfg.seed)
     model = Qwen3ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

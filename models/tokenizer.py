@@ -47,15 +47,3 @@ def train_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
         clean_up_tokenization_spaces=False,
     )
 
-
-def add_format_tokens(tokenizer, model) -> list[str]:
-    """Give a real model (Qwen2.5, Qwen3, ...) one token id per format token; returns those added.
-
-    New embedding rows start at the mean of the old ones (transformers' mean resizing), so the
-    model's behaviour on existing text is unchanged until training uses the new tokens.
-    """
-    missing = [t for t in FORMAT_TOKENS if t not in tokenizer.get_vocab()]
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing])
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-    return missing

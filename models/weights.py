@@ -1,12 +1,11 @@
-"""The one weight-sync format: (name, tensor) pairs streamed in size-bounded buckets, and the gloo channel.
+"""The one weight-sync format: (name, tensor) pairs streamed in size-bounded buckets, and their checksum.
 
 A bucket is the safetensors serialisation of a `{name: tensor}` dict (Hugging Face parameter
 names): it crosses the Ray object store or a torch.distributed group as one byte buffer, and
 vLLM's `reload_weights` reads it without copies per tensor. The checksum is over names and
 bytes in name order, so sender and receiver can prove they hold the same weights.
 
-It sits below the roles because both ends use it: the learner (`learners/`) makes and sends the
-buckets, the generator (`actors/`) checks and loads them. The driver side is `cluster.weight_sync`.
+Every transport moves this format: the backends are in `models.sync`, the driver in `cluster.weight_sync`.
 """
 from __future__ import annotations
 
@@ -53,47 +52,3 @@ def checksum(named: Iterable[tuple[str, torch.Tensor]]) -> str:
         digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
-
-class GlooChannel:
-    """A side torch.distributed group (gloo) from learner rank 0 (rank 0 here) to the generators.
-
-    Buckets travel as uint8 tensors: first a header with their sizes, then one broadcast per
-    bucket, so the cost is one collective per bucket, not per tensor. Every member must construct
-    the channel (it blocks until all have joined) and then call `send` / `receive` in step. On GPUs
-    the same protocol runs over NCCL with CUDA tensors.
-    """
-
-    def __init__(self, host: str, port: int, rank: int, world_size: int, timeout_s: float = 300.0):
-        from datetime import timedelta
-
-        import torch.distributed as dist
-
-        store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
-        self.group = dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout_s))
-        self.rank = rank
-
-    def send(self, buckets: list[bytes]) -> None:
-        header = torch.tensor([len(buckets), *map(len, buckets)], dtype=torch.int64)
-        self._broadcast(torch.tensor([header.numel()], dtype=torch.int64))
-        self._broadcast(header)
-        for blob in buckets:
-            self._broadcast(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
-
-    def receive(self) -> list[bytes]:
-        length = torch.zeros(1, dtype=torch.int64)
-        self._broadcast(length)
-        header = torch.zeros(int(length[0]), dtype=torch.int64)
-        self._broadcast(header)
-        out = []
-        for size in header[1:].tolist():
-            blob = torch.empty(size, dtype=torch.uint8)
-            self._broadcast(blob)
-            out.append(blob.numpy().tobytes())
-        return out
-
-    def _broadcast(self, tensor: torch.Tensor) -> None:
-        import torch.distributed as dist
-
-        opts = dist.BroadcastOptions()
-        opts.rootRank = 0
-        self.group.broadcast([tensor], opts).wait()

@@ -2,8 +2,9 @@
 batch over several of them.
 
 Per-item failures (a hang, a crash in sympy) are absorbed inside each worker's sandbox and come
-back as wrong answers with `timed_out` set. If a whole actor dies, Ray restarts it and re-runs its
-chunk (scoring is idempotent), so a batch is never lost to one bad item or one dead process.
+back as wrong answers with `timed_out` set. If a whole actor dies, Ray restarts it (as often as it
+dies: items cannot kill it, so a death comes from outside) and re-runs its chunk (scoring is
+idempotent), so a batch is never lost to one bad item or one dead process.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from configs.schema import RewardConfig
 from rewards.scorer import Scorer
 
 
-@ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)
+@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=3)
 class RewardWorker:
     """One `Scorer` (and its verifier processes) in a Ray actor."""
 

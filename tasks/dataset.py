@@ -39,7 +39,7 @@ def epoch_order(seed: int | str, epoch: int, size: int) -> tuple[int, ...]:
 
 
 class TraceRecord(BaseModel):
-    """A line of a step-trace file: what `accordion compress traces` and `compress apply` write and
+    """A line of a step-trace file: what `accordion data` and `compress apply` write and
     `sft.data` trains on. `budget` is the `<COMP_xx>` the response opens with (None: none), `ratio` the
     measured ratio of its reasoning to the full trace's."""
 

@@ -1,4 +1,4 @@
-"""`accordion compress` end to end on a small scale: traces -> train (MLflow, resume) -> apply -> bench, and the
+"""`accordion compress` end to end on a small scale: `accordion data` traces -> train (MLflow, resume) -> apply -> bench, and the
 rule labeler on real GSM8K solutions. A real (small) token classifier is trained; nothing is mocked."""
 import json
 import sqlite3
@@ -48,7 +48,7 @@ def test_training_logs_to_mlflow_and_resumes_where_it_stopped(compressor, capsys
 
 def test_apply_writes_each_trace_at_100_and_every_ratio_within_the_band(compressor, tmp_path, capsys):
     traces = tmp_path / "traces.jsonl"
-    run("traces", "--out", str(traces), "--split", "eval", "--limit", "20", *SMALL)
+    assert cli.main(["data", "arithmetic", "--out", str(traces), "--split", "eval", "--limit", "20", *SMALL]) == 0
     run("apply", "--model", str(compressor), "--data", str(traces), "--ratios", "20", "60", "--out", str(tmp_path / "sft.jsonl"))
     printed = capsys.readouterr().out
     assert " 20%: " in printed and " 60%: " in printed and "tokens/s" in printed
@@ -75,7 +75,7 @@ def test_bench_reports_the_issue_figures(compressor, tmp_path):
 def test_gsm8k_traces_labelled_by_rule_train_a_compressor(tmp_path):
     gsm8k = ["task.name=gsm8k", f"task.data_dir={DATA}", "compress.eval_traces=10", "compress.hidden_size=32",
              "compress.epochs=1"]
-    run("traces", "--out", str(tmp_path / "traces.jsonl"), "--limit", "60", *gsm8k)
+    assert cli.main(["data", "gsm8k", "--out", str(tmp_path / "traces.jsonl"), "--limit", "60", *gsm8k]) == 0
     run("label", "--data", str(tmp_path / "traces.jsonl"), "--out", str(tmp_path / "labels.jsonl"))
     labelled = read_jsonl(tmp_path / "labels.jsonl")
     assert len(labelled) == 60 and all(row["keep"] for row in labelled)

@@ -59,6 +59,11 @@ def test_cross_field_check_names_section():
         load_config(None, ["task.min_steps=5", "task.max_steps=3"])
 
 
+def test_colocation_refuses_rollouts_ahead_of_training():
+    with pytest.raises(ConfigError, match=r"cluster.colocate .* set rl.max_staleness 0 \(it is 1\)"):
+        load_config(None, ["cluster.colocate=true", "rl.max_staleness=1"])
+
+
 def test_unknown_override_is_attributed_to_command_line():
     with pytest.raises(ConfigError, match=r"^command-line override: model.depth: unknown key$"):
         load_config(LOCAL, ["model.depth=3"])

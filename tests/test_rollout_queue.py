@@ -124,3 +124,20 @@ def test_dynamic_sampling_gives_way_after_one_batch_of_uninformative_groups():
 
     queue, batch = run(main())
     assert len(queue.set_aside) == 2 and len(batch) == 2
+
+
+def test_a_producer_that_fails_stops_the_wait_for_a_batch_with_its_error():
+    from cluster.train import unless_one_fails
+
+    async def main():
+        queue = RolloutQueue(PromptLedger(), groups_per_step=2, max_staleness=0)
+
+        async def producer():
+            await queue.admit()
+            raise RuntimeError("engine died")
+
+        producers = [asyncio.create_task(producer())]
+        with pytest.raises(RuntimeError, match="engine died"):
+            await asyncio.wait_for(unless_one_fails(queue.take_batch(), producers), 5)
+
+    asyncio.run(main())

@@ -1,10 +1,9 @@
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from configs.schema import ModelConfig, TaskConfig
 from models.build import build_tiny_model
-from models.tokenizer import SPECIAL_TOKENS, add_format_tokens
+from models.tokenizer import SPECIAL_TOKENS
 from tasks.arithmetic import gold_trace, lax_steps, problems
 from tasks.format import BUDGETS, FORMAT_TOKENS, budget_prompt, count_tokens
 
@@ -51,24 +50,3 @@ def test_transformers_loads_and_generates(model_dir):
 def test_default_size_is_within_two_to_twenty_million(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(build_tiny_model(ModelConfig(), tmp_path))
     assert 2e6 <= sum(p.numel() for p in model.parameters()) <= 20e6
-
-
-def test_add_format_tokens_to_a_real_style_model(model_dir):
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    before = model.get_input_embeddings().weight.detach().clone()
-    # The tiny tokenizer already has every format token: nothing is added or resized.
-    assert add_format_tokens(AutoTokenizer.from_pretrained(model_dir), model) == []
-    assert torch.equal(model.get_input_embeddings().weight, before)
-
-    # A tokenizer without them (stands in for Qwen2.5's) with a vocabulary as large as the model's.
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {f"w{i}": i for i in range(before.shape[0])}
-    bare = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
-    bare.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=bare, unk_token="w0")
-    assert add_format_tokens(tok, model) == list(FORMAT_TOKENS)
-    assert all(len(tok.encode(t, add_special_tokens=False)) == 1 for t in FORMAT_TOKENS)
-    weight = model.get_input_embeddings().weight
-    assert weight.shape[0] == len(tok) == before.shape[0] + len(FORMAT_TOKENS)
-    assert torch.equal(weight[: before.shape[0]], before)  # old rows untouched

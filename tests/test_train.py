@@ -115,3 +115,116 @@ def test_sync_mode_survives_a_generator_killed_mid_step(ray_local, model_dir, tm
     assert trainer.step == 3
     assert_exactly_once(trainer, 3)
     assert trainer.pool.weights[0] == 3
+
+
+def test_colocated_schedule_takes_turns_and_syncs_every_step(ray_local, model_dir, tmp_path):
+    """The 48 GB mode's schedule on CPUs: the generators sleep through each train step and wake before the
+    weight sync (vLLM-CPU has no sleep mode, so the turns run without the offload)."""
+    cfg, run_dir, state = prepare_run(None, overrides(tmp_path / "run", model_dir, **{
+        "rl.steps": 2, "rl.max_staleness": 0, "cluster.colocate": True}), None)
+    trainer = asyncio.run(train(cfg, run_dir, state))
+    assert trainer.step == 2 and trainer.pool.weights[0] == 2
+    assert_exactly_once(trainer, 2)
+    run_id = json.loads((run_dir / "state.json").read_text())["mlflow_run_id"]
+    assert mlflow_history(run_dir, run_id, "perf/sleep_s") == mlflow_history(run_dir, run_id, "perf/wake_s") == [1, 2]
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_last_good_one(ray_local, model_dir, tmp_path):
+    from pathlib import Path
+
+    from cluster.run_dir import RunFolderError, check_checkpoint
+
+    cfg, run_dir, state = prepare_run(None, overrides(tmp_path / "run", model_dir, **{
+        "rl.steps": 2, "rl.max_staleness": 0, "rl.save_every": 1}), None)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "step_2.tmp").write_text("in the way")  # where step 2's checkpoint is written first
+    with pytest.raises(RunFolderError, match=r"could not write the checkpoint of step 2 to .*step_2 \(FileExistsError: "
+                                             r".*still holds the checkpoint of step 1\. .* --resume"):
+        asyncio.run(train(cfg, run_dir, state))
+    saved = json.loads((run_dir / "state.json").read_text())
+    assert saved["step"] == 1
+    check_checkpoint(Path(saved["checkpoint"]), saved["checkpoint_files"], "test")
+
+
+
+def test_a_hard_killed_sync_run_resumes_to_the_same_tokens_and_loss(ray_local, model_dir, tmp_path):
+    """Issue 15's exact resume: the uninterrupted run, then the same run SIGKILLed (driver, local Ray and
+    engines at once) once a checkpoint exists and resumed from it, must draw the same tokens and reach
+    the same loss at the next step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from evals.traces import read_records
+
+    cfg, first, state = prepare_run(None, overrides(tmp_path / "first", model_dir, **{
+        "rl.steps": 3, "rl.max_staleness": 0, "rl.save_every": 1, "rl.samples_to_log": 100,
+        "generator.dtype": "float32", "eval.questions": 2}), None)
+    losses = asyncio.run(train(cfg, first, state)).history["train/loss"]
+
+    killed = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, not the tests'
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "train", "--config", str(first / "config.yaml"),
+                                 f"run_dir={killed}"], cwd=Path(__file__).parents[1], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not (killed / "state.json").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    k = json.loads((killed / "state.json").read_text())["step"]
+    assert k < 3, "the run finished before it could be killed"
+
+    cfg, killed, state = prepare_run(None, [], str(killed))
+    resumed = asyncio.run(train(cfg, killed, state))
+    assert resumed.step == 3
+    assert read_records(killed / "samples" / f"step_{k + 1}.jsonl") == read_records(first / "samples" / f"step_{k + 1}.jsonl")
+    assert abs(resumed.history["train/loss"][k + 1] - losses[k + 1]) <= 1e-6, (resumed.history["train/loss"], losses)
+
+
+def test_a_dead_learner_rank_is_rebuilt_from_the_checkpoint_until_the_restart_limit(ray_local, model_dir, tmp_path):
+    """Issue 15: rank 1 killed after step 3 -> learners and generators restart from the checkpoint of
+    step 2, steps 3-4 are redone on the same data positions; killed again past
+    `cluster.max_learner_restarts`, the run stops naming the rank and the `--resume` command."""
+    import ray
+
+    from cluster.train import LearnersLost
+
+    cfg, run_dir, state = prepare_run(None, overrides(tmp_path / "run", model_dir, **{
+        "rl.steps": 6, "rl.max_staleness": 1, "rl.save_every": 2, "cluster.max_learner_restarts": 1}), None)
+
+    async def run_and_kill_twice():
+        trainer = await Trainer.start(cfg, run_dir, state)
+
+        async def killer():
+            while trainer.step < 3:
+                await asyncio.sleep(0.05)
+            ray.kill(trainer.learners.actors[1])
+            while not (trainer.learner_restarts == 1 and trainer.state.get("step") == 4):
+                await asyncio.sleep(0.05)
+            ray.kill(trainer.learners.actors[1])
+
+        kills = asyncio.create_task(killer())
+        try:
+            with pytest.raises(LearnersLost, match=rf"learner rank 1 died \(.*ray\.kill.*\); the learners were restarted 1 time\(s\) already \(cluster"
+                                                   rf"\.max_learner_restarts=1\)\. .*holds the checkpoint of step 4; "
+                                                   rf"continue with: accordion train --resume {run_dir}"):
+                await trainer.run()
+            await kills
+        finally:
+            await trainer.shutdown("FAILED")
+        return trainer
+
+    trainer = asyncio.run(run_and_kill_twice())
+    assert trainer.learner_restarts == 1 and trainer.step >= 4
+    assert_exactly_once(trainer, trainer.step)  # steps 3-4 of the dead group left no trace in the ledger
+    run_id = json.loads((run_dir / "state.json").read_text())["mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+
+    restart = MlflowClient(f"sqlite:///{run_dir.resolve() / 'mlflow.db'}").get_metric_history(run_id, "perf/learner_restart_s")
+    assert [m.step for m in restart] == [2] and restart[0].value < 120
