@@ -9,6 +9,8 @@ section's dimensions. `accordion train` runs the same check before it starts a G
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 
 from configs import add_config_arguments, config_from_args
 
@@ -22,6 +24,7 @@ def main(argv: list[str], prog: str) -> int:
 
     from cluster.plan import make_plan, render
 
-    plan = make_plan(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs to stdout on import: keep `--json | jq` clean
+        plan = make_plan(cfg)
     print(plan.model_dump_json(indent=2) if args.json else render(plan, cfg))
     return 0 if plan.fits else 1

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from cluster.run_dir import PLOTS, REPORT, STATE, VIEW, prepare_run, read_evals, write_json
+from cluster.run_dir import PLOTS, REPORT, VIEW, prepare_run, read_evals, read_state, write_json
 from configs import add_config_arguments
 from configs.schema import Config
 
@@ -39,7 +39,7 @@ def main(argv: list[str], prog: str = "accordion train") -> int:
     start = time.perf_counter()
 
     def interrupted() -> None:
-        saved = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else None
+        saved = read_state(run_dir)
         where = f"the checkpoint of RL step {saved['step']}" if saved else "its SFT checkpoint" \
             if (run_dir / "sft" / "checkpoint").is_dir() else "no checkpoint yet"
         print(f"\n{prog}: interrupted after {time.perf_counter() - start:.0f} s; {run_dir} holds {where}.\n"

@@ -89,12 +89,9 @@ class GeneratorPool:
         await self._each("wake_up")
 
     async def _each(self, method: str) -> None:
-        import ray
-
-        done = await asyncio.gather(*(getattr(g, method).remote() for g in self.actors), return_exceptions=True)
-        for r in done:  # a dead one is replaced at the next sync, and a replacement starts awake
-            if isinstance(r, BaseException) and not isinstance(r, ray.exceptions.RayActorError):
-                raise r
+        # A dead one is replaced at the next sync, and a replacement starts awake.
+        raise_unless_died(await asyncio.gather(*(getattr(g, method).remote() for g in self.actors),
+                                               return_exceptions=True))
 
     def shutdown(self) -> None:
         import ray
@@ -102,3 +99,13 @@ class GeneratorPool:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+def raise_unless_died(results: list[Any]) -> None:
+    """Raises the first error among the results of calls to generators, unless it is a generator's death
+    (`RayActorError`: the pool replaces the dead one)."""
+    import ray
+
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, ray.exceptions.RayActorError):
+            raise r

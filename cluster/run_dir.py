@@ -50,7 +50,7 @@ def prepare_run(config: str | None, overrides: list[str], resume: str | None,
             raise ConfigError(f"--resume {run_dir}: no {RESOLVED_CONFIG} there (not a run folder)")
         cfg = load_config(run_dir / RESOLVED_CONFIG, overrides)
         check(cfg)
-        state = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else None
+        state = read_state(run_dir)
         if state and state.get("checkpoint_files"):  # empty: the driver does not see the learners' disk
             check_checkpoint(Path(state["checkpoint"]), state["checkpoint_files"], f"--resume {run_dir}")
         return cfg, run_dir, state
@@ -63,6 +63,11 @@ def prepare_run(config: str | None, overrides: list[str], resume: str | None,
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESOLVED_CONFIG).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return cfg, run_dir, None
+
+
+def read_state(run_dir: Path) -> dict | None:
+    """`state.json`: the last RL checkpoint's step, files and data ledger; None before the first one."""
+    return json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else None
 
 
 def write_json(path: Path, data: Any) -> None:

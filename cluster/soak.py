@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.run_dir import STATE, TRAINED
+from cluster.run_dir import TRAINED, read_state
 
 KINDS = ("generator", "reward_worker", "verifier", "learner", "driver")
 ACTOR_TITLES = {"generator": "ray::GeneratorActor", "reward_worker": "ray::RewardWorker", "learner": "ray::Learner"}
@@ -76,17 +76,26 @@ def kill_tree(process: Any) -> None:
 
 
 def saved_step(run_dir: Path) -> int:
-    try:
-        return json.loads((run_dir / STATE).read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return 0
+    return (read_state(run_dir) or {}).get("step", 0)
+
+
+def session_gone(session: int, timeout_s: float) -> bool:
+    """Whether every process of a session (a job started with `start_new_session`) is gone within the time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(session, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def audit(run_dir: Path) -> dict[str, Any]:
     """Exactly-once accounting of a finished run, from its records. The lineage is the last line of each
     step; positions in superseded lines were redone (re-issued), not duplicated."""
     lines = [json.loads(line) for line in (run_dir / TRAINED).read_text().splitlines() if line.strip()]
-    state = json.loads((run_dir / STATE).read_text())
+    state = read_state(run_dir)
     lineage: dict[int, dict] = {}
     for line in lines:
         lineage[line["step"]] = line
@@ -145,14 +154,8 @@ class Soak:
         except ProcessLookupError:
             pass
         self.proc.wait()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"processes of the killed driver (session {self.proc.pid}) outlived it by 60 s")
+        if not session_gone(self.proc.pid, 60):
+            raise RuntimeError(f"processes of the killed driver (session {self.proc.pid}) outlived it by 60 s")
 
     def wait_for_step_after(self, step: int, timeout_s: float) -> float:
         """Seconds until the run checkpoints a step beyond `step`; raises if the job exits or stalls."""

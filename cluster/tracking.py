@@ -133,10 +133,14 @@ class Tracker:
     still away at `close`); each later call first sends what is kept, in order. Metrics keep their original
     timestamps, so a batch the server stored before its answer timed out is the same row when sent again
     (MLflow's SQL store ignores an identical key, step, timestamp and value): no step is logged twice.
-    When everything is through, the run's `tracking.outage` tag says which steps came late."""
+    When everything is through, the run's `tracking.outage` tag says which steps came late.
+
+    With `hold`, `log` keeps metric rows in `held` until `release` (`tracking.log_at: checkpoint`): the RL
+    loop releases them once their step is checkpointed, and stores them in the checkpoint's state first, so
+    a resumed run sends them again (`send_rows`; a row already stored is the same row)."""
 
     def __init__(self, params: Mapping[str, Any], uri: str, experiment: str, run_id: str | None = None,
-                 run_name: str = "", spool: str | Path | None = None):
+                 run_name: str = "", spool: str | Path | None = None, hold: bool = False):
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
@@ -153,6 +157,8 @@ class Tracker:
         """The metric rows of the last `history` read; with `_recent`, those logged since, and the kept ones,
         what `history` answers while the server is away."""
         self._recent: list[tuple[str, float, int, int]] = []
+        self.hold = hold
+        self.held: list[tuple[str, float, int, int]] = []
         try:
             with bounded_http(CALL_TIMEOUT_S, START_RETRIES):
                 if run_id is None:
@@ -184,16 +190,36 @@ class Tracker:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         rows = [(k, float(v), now, step) for k, v in metrics.items()]
+        if self.hold:
+            self.held.extend(rows)
+        else:
+            self.send_rows(rows)
+
+    def send_rows(self, rows: list[tuple[str, float, int, int]]) -> None:
+        """Metric rows `(key, value, timestamp_ms, step)` as they are: sent again, a row is not stored twice."""
+        rows = [tuple(row) for row in rows]
+        if not rows:
+            return
         if self._known is not None:
             self._recent.extend(rows)
         self._send({"run_id": self.run_id, "metrics": rows})
+
+    def release(self) -> None:
+        """Sends the held rows: their steps are checkpointed, no crash can make them be redone."""
+        rows, self.held = self.held, []
+        self.send_rows(rows)
+
+    def forget(self, after_step: int) -> None:
+        """Drops the held rows of steps after `after_step`: they will be redone."""
+        self.held = [row for row in self.held if row[3] <= after_step]
 
     def history(self, prefixes: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
         """`(step, value)` pairs of every metric whose name starts with one of `prefixes`, across resumes
         (a step logged again after a resume counts once, its latest value).
 
         During an outage: the last read plus what this Tracker logged since (before its first read, only
-        what is kept in the spool), so plots go on and are complete again once the server is back."""
+        what is kept in the spool), so plots go on and are complete again once the server is back. Held
+        rows count too."""
         if self._pending:
             self._flush()
         if not self._pending:
@@ -207,7 +233,7 @@ class Tracker:
                 if network_failure(err) is None:
                     raise
         latest: dict[str, dict[int, float]] = {}
-        kept = [tuple(row) for record in self._pending for row in record.get("metrics", [])]
+        kept = [tuple(row) for record in self._pending for row in record.get("metrics", [])] + self.held
         for key, value, _, step in sorted([*(self._known or []), *self._recent, *kept], key=lambda row: row[2]):
             if key.startswith(prefixes):
                 latest.setdefault(key, {})[step] = value

@@ -71,7 +71,10 @@ class Trainer:
         self = cls(cfg, run_dir, state)
         # First: an unreachable tracking server is refused before minutes of actor start-up, not after.
         self.tracker = Tracker(cfg.model_dump(mode="json"), tracking_uri(cfg.tracking.uri, run_dir), cfg.tracking.experiment,
-                               self.state.get("mlflow_run_id"), cfg.tracking.run_name, spool=run_dir / "mlflow_spool.jsonl")
+                               self.state.get("mlflow_run_id"), cfg.tracking.run_name, spool=run_dir / "mlflow_spool.jsonl",
+                               hold=cfg.tracking.log_at == "checkpoint")
+        # Held rows of the last checkpoint that a crash may have kept from the store (`tracking.log_at`).
+        self.tracker.send_rows(self.state.get("mlflow_rows", []))
         try:
             await self._start_actors()
         except BaseException:
@@ -139,6 +142,7 @@ class Trainer:
               f"(restart {self.learner_restarts} of {limit})", flush=True)
         self.pool.shutdown()
         self.learners.shutdown()
+        self.tracker.forget(after_step=saved)
         del self.trained_indices[len(self.trained_indices) - (self.step - saved) * self.rl.prompts_per_step:]
         old, self.step = self.queue, saved
         self.queue = self.saved_queue()
@@ -298,7 +302,7 @@ class Trainer:
         try:
             self.learners.save(path, {"step": self.step})
             state = {"step": self.step, "checkpoint": str(path), "checkpoint_files": manifest(path),
-                     "ledger": ledger, "mlflow_run_id": self.tracker.run_id}
+                     "ledger": ledger, "mlflow_run_id": self.tracker.run_id, "mlflow_rows": self.tracker.held}
             write_json(self.run_dir / STATE, state)
         except OSError as err:  # from a learner rank too: Ray's error is also an instance of its cause
             cause = getattr(err, "cause", None) or err
@@ -308,6 +312,7 @@ class Trainer:
                                  f"({type(cause).__name__}: {cause}); {self.run_dir / STATE} still holds {kept}. "
                                  f"Free space or fix permissions there, then: accordion train --resume {self.run_dir}") from err
         self.state = state
+        self.tracker.release()
 
     def record_positions(self, batch: list[Group]) -> None:
         """`trained.jsonl`: what this step trained, and what the queue set aside or re-issued since the last

@@ -55,6 +55,8 @@ class WeightSync:
 
         import ray
 
+        from cluster.generators import raise_unless_died
+
         start = time.perf_counter()
         if self.members != tuple(self.pool.actors):
             await self.open()
@@ -81,9 +83,7 @@ class WeightSync:
         await asyncio.to_thread(self.learners.finalize_sync)
         missed = [g for g, r in zip(members, got)
                   if isinstance(r, BaseException) and not isinstance(r, ray.exceptions.RayActorError)]
-        done = await asyncio.gather(*(g.update_weights.remote(*self.pool.weights) for g in missed),
-                                    return_exceptions=True)
-        for r in done:  # one that died meanwhile is replaced by the pool too
-            if isinstance(r, BaseException) and not isinstance(r, ray.exceptions.RayActorError):
-                raise r
+        # One that died meanwhile is replaced by the pool too.
+        raise_unless_died(await asyncio.gather(*(g.update_weights.remote(*self.pool.weights) for g in missed),
+                                               return_exceptions=True))
         return time.perf_counter() - start

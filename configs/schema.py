@@ -139,6 +139,10 @@ class TrackingConfig(Section):
     experiment: str = "accordion-rl"
     run_name: str = ""
     """Display name of the MLflow run; empty lets MLflow pick one."""
+    log_at: Literal["step", "checkpoint"] = "step"
+    """When an RL step's metrics go to MLflow. `step`: as each step ends (live curves; a step redone after a
+    crash, from the last checkpoint, is logged again). `checkpoint`: when the step's checkpoint is written
+    (every `rl.save_every` steps), so MLflow holds each step once, from the lineage that survived."""
 
 
 class GeneratorConfig(Section):

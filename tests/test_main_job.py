@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cluster.soak import session_gone
 from evals.traces import read_records
 
 pytestmark = pytest.mark.system
@@ -57,14 +58,9 @@ def ctrl_c(proc, log_path: Path) -> float:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"still running 60 s after Ctrl-C:\n{log_path.read_text()[-3000:]}")
     took = time.monotonic() - sent
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return took
-        time.sleep(0.5)
-    pytest.fail("processes of the job outlived it by 30 s")
+    if not session_gone(proc.pid, 30):
+        pytest.fail("processes of the job outlived it by 30 s")
+    return took
 
 
 def test_ctrl_c_during_sft_and_rl_then_resume_to_the_report(tmp_path):

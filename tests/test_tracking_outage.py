@@ -157,3 +157,23 @@ def test_server_down_at_close_leaves_spool_for_resume(server, tmp_path, capsys):
     run = MlflowClient(server.uri).get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags[OUTAGE_TAG] == "metrics from steps 2 were delivered late (1 batches)"
+
+
+def test_held_steps_reach_the_store_once_when_released(tmp_path):
+    """`tracking.log_at: checkpoint`: rows wait for their step's checkpoint; those of steps to be redone are
+    forgotten; rows sent again after a resume (the checkpoint's `mlflow_rows`) are not stored twice."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker({"a": 1}, uri, "held", hold=True)
+    for step in (1, 2, 3):
+        tracker.log({"train/loss": 1.0 / step}, step)
+    assert steps_logged(uri, tracker.run_id, "train/loss") == []
+    assert [s for s, _ in tracker.history(("train/",))["train/loss"]] == [1, 2, 3]  # the plots see held steps
+    tracker.forget(after_step=2)  # a learner died in step 3: it is redone from the checkpoint of step 2
+    saved = list(tracker.held)
+    tracker.release()
+    tracker.log({"train/loss": 0.25}, 3)
+    tracker.release()
+    resumed = Tracker({}, uri, "held", run_id=tracker.run_id, hold=True)
+    resumed.send_rows(json.loads(json.dumps(saved)))  # as read back from state.json
+    assert steps_logged(uri, tracker.run_id, "train/loss") == [1, 2, 3]
+    assert dict(resumed.history(("train/",))["train/loss"]) == {1: 1.0, 2: 0.5, 3: 0.25}

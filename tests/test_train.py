@@ -151,13 +151,9 @@ def test_a_hard_killed_sync_run_resumes_to_the_same_tokens_and_loss(ray_local, m
     """Issue 15's exact resume: the uninterrupted run, then the same run SIGKILLed (driver, local Ray and
     engines at once) once a checkpoint exists and resumed from it, must draw the same tokens and reach
     the same loss at the next step."""
-    import os
-    import signal
-    import subprocess
-    import sys
     import time
-    from pathlib import Path
 
+    from cluster.soak import Soak
     from evals.traces import read_records
 
     cfg, first, state = prepare_run(None, overrides(tmp_path / "first", model_dir, **{
@@ -166,17 +162,13 @@ def test_a_hard_killed_sync_run_resumes_to_the_same_tokens_and_loss(ray_local, m
     losses = asyncio.run(train(cfg, first, state)).history["train/loss"]
 
     killed = tmp_path / "killed"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, not the tests'
-    with open(tmp_path / "log.txt", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "train", "--config", str(first / "config.yaml"),
-                                 f"run_dir={killed}"], cwd=Path(__file__).parents[1], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while not (killed / "state.json").is_file():
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "log.txt").read_text()[-3000:]
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    job = Soak(["--config", str(first / "config.yaml"), f"run_dir={killed}"], killed, tmp_path / "log.txt")
+    job.start(resume=False)  # in its own session with its own local Ray: one SIGKILL takes it all
+    deadline = time.monotonic() + 300
+    while not (killed / "state.json").is_file():
+        assert job.proc.poll() is None and time.monotonic() < deadline, job.log.read_text()[-3000:]
+        time.sleep(0.05)
+    job.stop_driver()
     k = json.loads((killed / "state.json").read_text())["step"]
     assert k < 3, "the run finished before it could be killed"
 
