@@ -60,6 +60,10 @@ class GeneratorPool:
 
     async def replace(self, slot: int, dead: Any) -> None:
         """A generator died: start a new one in its bundle and give it the current weights."""
+        import ray
+
+        from learners.group import LearnerDied
+
         if self.actors[slot] is not dead:
             return  # another caller already replaced it
         fresh = self._new(slot)
@@ -69,7 +73,13 @@ class GeneratorPool:
             version, refs, digest = self.weights
             if refs is None and self.catch_up is not None:
                 refs, digest = await asyncio.to_thread(self.catch_up)
-            await fresh.update_weights.remote(version, refs, digest)
+            try:
+                await fresh.update_weights.remote(version, refs, digest)
+            except ray.exceptions.ObjectLostError as lost:
+                # Their owner, learner rank 0 (the sender), died meanwhile (the soak killed it while a generator
+                # was being replaced). Serving its old weights, the replacement would make only stale groups,
+                # and the loop would never reach the learner call that finds the death: restart them now.
+                raise LearnerDied(0, lost) from None
 
     async def replace_dead(self) -> None:
         """Replace every generator that no longer answers."""

@@ -141,3 +141,33 @@ def test_a_producer_that_fails_stops_the_wait_for_a_batch_with_its_error():
             await asyncio.wait_for(unless_one_fails(queue.take_batch(), producers), 5)
 
     asyncio.run(main())
+
+
+def test_weights_lost_with_their_learner_during_a_generator_replacement_restart_the_learners():
+    """Soak, 2026-12-03: learner rank 0 was killed while a dead generator's replacement started, and the
+    replacement's weight update failed (the weights' owner was gone): that ended the run; ignored, the
+    replacement made only stale groups and the loop never reached a learner call again. It is a learner
+    death, which the loop answers with a restart."""
+    import ray
+
+    from cluster.generators import GeneratorPool
+    from learners.group import LearnerDied
+
+    class Call:
+        def __init__(self, fn):
+            self.remote = fn
+
+    async def started():
+        return {}
+
+    async def lost(*weights):
+        raise ray.exceptions.RayTaskError("update_weights", "", ray.exceptions.OwnerDiedError(
+            "00" * 28, None, "")).as_instanceof_cause()
+
+    fresh = type("Fresh", (), {"start": Call(started), "update_weights": Call(lost)})()
+    pool = GeneratorPool.__new__(GeneratorPool)
+    dead = object()
+    pool.actors, pool._new, pool.weights, pool.catch_up = [dead], lambda slot: fresh, (7, ["ref"], "sum"), None
+    with pytest.raises(LearnerDied, match="learner rank 0 died"):
+        asyncio.run(pool.replace(0, dead))
+    assert pool.actors == [fresh]
