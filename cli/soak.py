@@ -21,7 +21,8 @@ FAST = ["rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.max_staleness=1"
         "generator.segment_tokens=32", "generator.max_segments=3", "generator.max_tokens=64",
         "generator.max_prompt_tokens=256", "generator.max_model_len=512", "learner.precision=fp32",
         "reward.processes=1", "eval.every=0", "eval.questions=2", "eval.samples=1", "eval.budgets=[]",
-        "eval.harder_steps=null", "eval.budget=null", "rl.budgets=[]", "reward.name=accordion", "tracking.log_at=checkpoint"]
+        "eval.harder_steps=null", "eval.budget=null", "rl.budgets=[]", "reward.name=accordion", "rl.mode=fold",
+        "tracking.log_at=checkpoint"]
 """Small, quick steps, so kills land on a running loop rather than on long generations; MLflow takes each step once
 it is checkpointed, so a step redone after a kill is not logged twice."""
 

@@ -31,7 +31,7 @@ SMALL = [
     "learner.precision=fp32", "learner.zero_stage=0", "generator.dtype=float32", "generator.segment_tokens=64",
     "generator.max_segments=4", "generator.max_tokens=200", "generator.max_prompt_tokens=256",
     "generator.max_model_len=512", "generator.cpu_ids=[1]", "reward.processes=1", "reward.name=accordion",
-    "rl.budgets=[]",
+    "rl.budgets=[]", "rl.mode=fold",
 ]
 
 

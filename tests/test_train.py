@@ -32,7 +32,7 @@ def model_dir(tmp_path_factory):
 def overrides(run_dir, model_dir, **extra):
     base = {
         "run_dir": run_dir, "model.path": model_dir,
-        "rl.prompts_per_step": 2, "rl.samples_per_prompt": 2, "eval.every": 0, "eval.questions": 4,
+        "rl.mode": "fold", "rl.prompts_per_step": 2, "rl.samples_per_prompt": 2, "eval.every": 0, "eval.questions": 4,
         "eval.samples": 1,
         "rl.save_every": 2, "rl.bucket_mb": 1,
         "generator.segment_tokens": 24, "generator.max_segments": 3, "generator.max_tokens": 64,
