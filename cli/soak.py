@@ -71,7 +71,8 @@ def main(argv: list[str], prog: str) -> int:
         if not soak.kill(kinds[0], rng):
             continue  # none of that kind right now (a verifier between restarts): try it next time
         kind = kinds.pop(0)
-        took = soak.wait_for_step_after(step, args.recovery_timeout)
+        # Step `step + 1` may have been in flight, even checkpointing, at the kill; `step + 2` trains after it.
+        took = soak.wait_for_step_after(step + 1, args.recovery_timeout)
         soak.recovery_s[kind].append(took)
         print(f"{time.monotonic() - start:7.0f} s  killed a {kind:<13} at step {step}; training again after "
               f"{took:.0f} s  (kills so far: {sum(soak.kills.values())})", flush=True)

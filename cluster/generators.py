@@ -39,7 +39,14 @@ class GeneratorPool:
         """What the first generator reported at start: kv_tokens, dtype, machine."""
 
     async def start(self) -> None:
-        started = await asyncio.gather(*(g.start.remote() for g in self.actors))
+        """Start every engine; one that dies meanwhile (a fault overlapping a start or a restart) is replaced."""
+        import ray
+
+        started = await asyncio.gather(*(g.start.remote() for g in self.actors), return_exceptions=True)
+        raise_unless_died(started)
+        for slot, (actor, result) in enumerate(zip(list(self.actors), started)):
+            if isinstance(result, ray.exceptions.RayActorError):
+                started[slot] = await self.replace(slot, actor)
         self.described = started[0]
 
     async def rollout(self, requests: list[RolloutRequest]) -> list[Trajectory]:
@@ -58,17 +65,18 @@ class GeneratorPool:
         finally:
             self.busy[slot] -= 1
 
-    async def replace(self, slot: int, dead: Any) -> None:
-        """A generator died: start a new one in its bundle and give it the current weights."""
+    async def replace(self, slot: int, dead: Any) -> dict | None:
+        """A generator died: start a new one in its bundle and give it the current weights. Returns what
+        the new one's `start` reported (None if another caller replaced it already)."""
         import ray
 
         from learners.group import LearnerDied
 
         if self.actors[slot] is not dead:
-            return  # another caller already replaced it
+            return None  # another caller already replaced it
         fresh = self._new(slot)
         self.actors[slot] = fresh
-        await fresh.start.remote()
+        described = await fresh.start.remote()
         if self.weights is not None:
             version, refs, digest = self.weights
             if refs is None and self.catch_up is not None:
@@ -80,6 +88,7 @@ class GeneratorPool:
                 # was being replaced). Serving its old weights, the replacement would make only stale groups,
                 # and the loop would never reach the learner call that finds the death: restart them now.
                 raise LearnerDied(0, lost) from None
+        return described
 
     async def replace_dead(self) -> None:
         """Replace every generator that no longer answers."""

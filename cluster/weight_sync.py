@@ -37,15 +37,21 @@ class WeightSync:
 
     async def open(self) -> None:
         """(Re)build the topology: learner rank 0 plus every current generator, all joining at once. A
-        dead member is replaced first (one that never joins would hold the others until the timeout)."""
+        dead member is replaced first (one that never joins would hold the others until the timeout); one
+        that dies while joining is replaced by the next rollout it fails, and the next sync rebuilds."""
         import asyncio
+
+        from cluster.generators import raise_unless_died
 
         await self.pool.replace_dead()
         meta = await asyncio.to_thread(self.learners.open_sync, self.backend)
         world = len(self.pool.actors) + 1
-        await asyncio.gather(asyncio.to_thread(self.learners.join_sync, world, meta),
-                             *(g.join_sync.remote(self.backend, i + 1, world, meta)
-                               for i, g in enumerate(self.pool.actors)))
+        joined = await asyncio.gather(asyncio.to_thread(self.learners.join_sync, world, meta),
+                                      *(g.join_sync.remote(self.backend, i + 1, world, meta)
+                                        for i, g in enumerate(self.pool.actors)), return_exceptions=True)
+        if isinstance(joined[0], BaseException):
+            raise joined[0]
+        raise_unless_died(joined[1:])
         self.members = tuple(self.pool.actors)
 
     async def sync(self, version: int) -> float:

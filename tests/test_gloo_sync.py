@@ -153,3 +153,20 @@ def test_a_member_dies_mid_sync_and_every_generator_ends_up_with_the_weights(tmp
         learners.shutdown()
     finally:
         ray.shutdown()
+
+
+def test_a_generator_killed_while_the_pool_starts_is_replaced():
+    """CI, 2026-12-03: the short soak killed a generator while a learner restart started the new pool, and
+    the actor's death ended the run. A start is recovery too: the dead one is replaced."""
+    import asyncio
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        pool = member_pool(3)
+        dead = pool.actors[1]
+        ray.kill(dead, no_restart=True)
+        asyncio.run(pool.start())
+        assert dead not in pool.actors and len(pool.actors) == 3 and pool.described == {}
+        assert ray.get([g.version.remote() for g in pool.actors]) == [0, 0, 0]
+    finally:
+        ray.shutdown()
