@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from tasks.format import (
-    BUDGET_TOKENS, FORMAT_TOKENS, STEP_CLOSE, STEP_OPEN, THINK_CLOSE, fold_context, parse_trace,
-    split_budget,
+    BUDGET_TOKENS, FORMAT_TOKENS, POLICY_TOKEN, STEP_CLOSE, STEP_OPEN, THINK_CLOSE, THINK_OPEN, fold_context,
+    parse_trace, split_budget,
 )
 
 Mode = Literal["fold", "unfold"]
@@ -25,6 +25,16 @@ Status = Literal["answered", "unfinished", "malformed"]
 AUTO = "auto"
 """`RolloutRequest.budget` for policy mode: the prompt ends with `<COMP_AUTO>`, the model picks its budget."""
 
+
+
+def unwritable_tokens(budget: int | str | None, segment: int) -> tuple[str, ...]:
+    """Format tokens the model may not write in segment `segment` of a response under `budget`: the tokens
+    that open a response (a budget, `<think>`) come from the generator, and `<COMP_AUTO>` only ends a prompt.
+    Only the first segment of policy mode opens with the model's own budget choice (`<COMP_40> <think>`).
+    At temperature 1.0 a small model writes them mid-reasoning now and then (13 of 180 wrong Unfold samples
+    after the demo's SFT), which breaks the trace's format."""
+    opening = (*BUDGET_TOKENS.values(), THINK_OPEN)
+    return (POLICY_TOKEN,) if budget == AUTO and segment == 0 else (*opening, POLICY_TOKEN)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 
 from actors.fold import (
     FoldChain, Limits, RolloutRequest, Segment, Trajectory, first_context, too_long, unfold_trajectory,
+    unwritable_tokens,
 )
 from configs.schema import GeneratorConfig
 from models.precision import engine_dtype
@@ -208,6 +209,7 @@ class Generator:
         self.dtype = engine_dtype(cfg.dtype)
         self.limits = Limits(cfg.segment_tokens, cfg.max_segments, cfg.max_prompt_tokens, cfg.max_summary_tokens)
         self.step_close_id = self.tokenizer.convert_tokens_to_ids(STEP_CLOSE)
+        self.token_ids = {t: self.tokenizer.convert_tokens_to_ids(t) for t in FORMAT_TOKENS}
         self.version = version  # of the weights at `model_path`: a resumed run's checkpoint step
         self.stats = EngineStats()
         self.engine = None
@@ -348,6 +350,9 @@ class Generator:
         top_p = self.cfg.top_p if request is None or request.top_p is None else request.top_p
         if request is not None and request.seed is not None:
             kw["seed"] = request.seed + segment
+        if request is not None and self.cfg.mask_format:
+            # A bias, not bad_words: one batched add per decoding step instead of Python per sequence.
+            kw["logit_bias"] = {self.token_ids[t]: -100.0 for t in unwritable_tokens(request.budget, segment)}
         return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0, detokenize=False,
                               output_kind=RequestOutputKind.FINAL_ONLY, **kw)
 

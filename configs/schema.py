@@ -148,10 +148,13 @@ class TrackingConfig(Section):
 class GeneratorConfig(Section):
     """A vLLM generator: sampling, Fold limits and the engine's memory (one engine per generator actor)."""
 
-    temperature: float = Field(1.0, ge=0.0, le=10.0)
-    """Sampling temperature (0: greedy). A rollout request may override it."""
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    """Sampling temperature (0: greedy; vLLM takes at most 2). A rollout request may override it."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass."""
+    mask_format: bool = True
+    """Keep the model from writing format tokens where they cannot stand (`actors.fold.unwritable_tokens`:
+    a budget token or `<think>` inside the reasoning). Learner log-probabilities are the unmasked model's."""
     max_tokens: int = Field(1536, ge=1, le=131072)
     """Unfold: most tokens of one response."""
     segment_tokens: int = Field(512, ge=1, le=131072)
@@ -440,7 +443,7 @@ class EvalConfig(Section):
     greedy trajectory per question beside it. Greedy alone hides what the policy does: it once showed
     Fold 98 % while sampled Fold rollouts were right 26 % of the time."""
 
-    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    temperature: float = Field(1.0, gt=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     greedy: bool = True
     """Also decode each question greedily (reported as `*_greedy`)."""

@@ -2,9 +2,12 @@
 import pytest
 
 from actors.fold import (
-    AUTO, FoldChain, Limits, RolloutRequest, Segment, parse_segment, too_long, unfold_trajectory,
+    AUTO, FoldChain, Limits, RolloutRequest, Segment, parse_segment, too_long, unfold_trajectory, unwritable_tokens,
 )
-from tasks.format import count_tokens, fold_context, fold_segments, parse_trace, render_trace
+from tasks.format import (
+    BUDGET_TOKENS, FORMAT_TOKENS, POLICY_TOKEN, THINK_OPEN, count_tokens, fold_context, fold_segments, parse_trace,
+    render_trace,
+)
 
 LIMITS = Limits(segment_tokens=64, max_segments=4, max_prompt_tokens=100, max_summary_tokens=8)
 STEPS = [("3 + 4 = 7", "x = 7"), ("7 - 2 = 5", "x = 5")]
@@ -107,6 +110,14 @@ def test_policy_mode_reads_the_chosen_budget():
     assert parse_trace(traj.response) == ([("a", "s")], "5")
     bad, _ = run([" a <step> s </step>"], budget=AUTO)
     assert bad.status == "malformed" and "policy mode" in bad.reason
+
+
+def test_only_policy_modes_first_segment_may_write_a_budget_and_think():
+    opening = {*BUDGET_TOKENS.values(), THINK_OPEN}
+    for budget, segment in [(None, 0), (40, 0), (None, 3), (AUTO, 1)]:
+        assert set(unwritable_tokens(budget, segment)) == opening | {POLICY_TOKEN}
+    assert unwritable_tokens(AUTO, 0) == (POLICY_TOKEN,)
+    assert not set(unwritable_tokens(None, 0)) & {"<step>", "</step>", "</think>"} and opening < set(FORMAT_TOKENS)
 
 
 def test_unfold_status():

@@ -7,12 +7,13 @@ import json
 import math
 import random
 import time
+from collections import Counter
 
 import pytest
 import ray
 import torch
 
-from actors.fold import RolloutRequest
+from actors.fold import RolloutRequest, unwritable_tokens
 from cli.generate import main as generate_cli
 from actors.generator import WeightUpdateError
 from actors.generator_actor import GeneratorActor
@@ -144,6 +145,19 @@ def test_unfold_rollouts(actor, trained):
         assert len(t.segments) == 1 and tok.decode(t.segments[0].prompt_ids).endswith(THINK_OPEN)
         assert t.status != "answered" or parse_trace(t.response) is not None
         assert t.unfold_context == t.peak_context
+
+
+def test_tokens_that_cannot_stand_in_the_reasoning_are_never_sampled(actor, trained):
+    """At temperature 2 (vLLM's most) the model samples far and wide: the step tags it may write come, the
+    tokens that open a response (`generator.mask_format`) do not."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(trained[0])
+    trajs = ray.get(actor.rollout.remote(requests("unfold", temperature=2.0, tag="-hot")
+                                         + requests("fold", temperature=2.0, tag="-hot")))
+    written = Counter(tok.convert_ids_to_tokens(i) for t in trajs for s in t.segments for i in s.response_ids)
+    assert not any(written[t] for t in unwritable_tokens(None, 0)), written
+    assert written["<step>"] + written["</step>"] + written["</think>"] >= 5, written
 
 
 def perturbed(model, scale=0.05, seed=1):
