@@ -4,13 +4,14 @@ and scored groups become learner samples.
     queue.admit() -> position i -> record, mode, budget of i -> GeneratorPool.rollout (a group of
     `samples_per_prompt` trajectories) -> RewardPool (answer checks, Accordion or CHRPO reward) -> queue.put
 
-What a position holds is a pure function of the position (seeded epoch order, Mix-RL's step parity,
+What a position holds is a pure function of the position (seeded epoch order, Mix-RL's share of Fold steps,
 `rl.budgets` cycled), so a re-issued or resumed position is the same question in the same shape.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from typing import Any
 
 from actors.fold import RolloutRequest, Trajectory
@@ -35,10 +36,10 @@ class Producer:
         return self.records[epoch_order(self.rl.seed, epoch, len(self.records))[k]]
 
     def mode(self, index: int) -> str:
-        """Mix-RL alternates by step: the step a position belongs to decides its mode."""
+        """Mix-RL: the step a position belongs to decides its mode."""
         if self.rl.mode != "mix":
             return self.rl.mode
-        return "unfold" if (index // self.rl.prompts_per_step) % 2 == 0 else "fold"
+        return mix_mode(index // self.rl.prompts_per_step, self.rl.fold_share)
 
     def seed(self, index: int, sample: int) -> int:
         """A trajectory's sampling seed, a function of the position: a re-issued or resumed position draws
@@ -73,6 +74,12 @@ class Producer:
             version = min((v for t in trajectories for v in t.versions), default=self.queue.version)
             group = Group(index, version, trajectories, scored)
             await self.queue.put(group, informative=informative(scored))
+
+
+def mix_mode(step: int, fold_share: float) -> str:
+    """Fold for `fold_share` of the steps, spread evenly: step s is Fold when the count of Fold steps due
+    by s+1 goes up."""
+    return "fold" if math.floor((step + 1) * fold_share) > math.floor(step * fold_share) else "unfold"
 
 
 def reward_item(trajectory: Trajectory, record: dict, budget: Any, ref_len: int | None) -> dict:

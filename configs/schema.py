@@ -398,7 +398,10 @@ class RLConfig(Section):
     samples_per_prompt: int = Field(4, ge=2)
     """Trajectories per question: the group its advantage is computed in."""
     mode: Literal["fold", "unfold", "mix"] = "fold"
-    """Rollout mode: Fold-RL, Unfold-RL, or Mix-RL (even steps Unfold, odd steps Fold)."""
+    """Rollout mode: Fold-RL, Unfold-RL, or Mix-RL (Unfold and Fold steps, in the share `fold_share`)."""
+    fold_share: float = Field(0.5, gt=0, lt=1)
+    """Mix-RL: the share of steps rolled out in Fold mode, spread evenly (0.5: by turns, Unfold first).
+    Only Fold rollouts punish a summary that drops what the next step needs: Unfold answers right without it."""
     budgets: tuple[Budget, ...] = ()
     """Budget tokens of the rollouts, cycled over groups (data position i gets `budgets[i % n]`): ratios
     20..100 and `auto` (policy mode: the model picks its ratio, CHRPO rewards the pick). Empty: none.

@@ -4,6 +4,7 @@ import random
 import pytest
 
 from cluster.queue import Group, PromptLedger, RolloutQueue
+from cluster.rollouts import mix_mode
 
 
 def run(coro):
@@ -171,3 +172,14 @@ def test_weights_lost_with_their_learner_during_a_generator_replacement_restart_
     with pytest.raises(LearnerDied, match="learner rank 0 died"):
         asyncio.run(pool.replace(0, dead))
     assert pool.actors == [fresh]
+
+
+@pytest.mark.parametrize("share", [0.5, 2 / 3, 0.75, 0.3])
+def test_mix_rl_rolls_out_its_share_of_fold_steps_spread_evenly(share):
+    modes = [mix_mode(step, share) for step in range(600)]
+    assert modes.count("fold") == round(600 * share)
+    # Evenly: every window of steps holds its share of Fold steps to within one.
+    window = 12
+    assert all(abs(modes[i:i + window].count("fold") - window * share) <= 1 for i in range(600 - window))
+    if share == 0.5:
+        assert modes[:4] == ["unfold", "fold", "unfold", "fold"]
