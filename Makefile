@@ -21,7 +21,7 @@ endif
 	touch $(STAMP)
 
 # The main job on the embedded default (configs/local.yaml): build the tiny model, SFT cold start on gold
-# step traces (lax summaries, mixed budgets), Mix-RL (Unfold and Fold steps by turns) with the CHRPO reward, evaluations, report.json.
+# step traces (lax summaries, mixed budgets), Mix-RL (two Fold steps to one Unfold) with the CHRPO reward, evaluations, report.json.
 # Running it again continues the same run (--resume); Ctrl-C stops it cleanly. Overrides go in ARGS,
 # e.g. `make demo ARGS="learner.precision=fp32 generator.dtype=float32"`.
 demo: install
