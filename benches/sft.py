@@ -98,9 +98,9 @@ def bare_loop(model_path: Path, cfg, precision: str, batches: list, warmup: int)
 
 def group_loop(model_path: Path, cfg, ranks: int, batches: list, warmup: int) -> float:
     from learners.group import LearnerGroup
+    from learners.sft import sft_learner
 
-    learner_cfg = cfg.learner.model_copy(update={"optim": cfg.sft.optim})
-    group = LearnerGroup(model_path, learner_cfg, ranks=ranks, cpus=max(1, (os.cpu_count() or 2) // ranks))
+    group = LearnerGroup(model_path, sft_learner(cfg), ranks=ranks, cpus=max(1, (os.cpu_count() or 2) // ranks))
     try:
         start = 0.0
         for step, batch in enumerate(batches):

@@ -260,7 +260,8 @@ class LearnerConfig(Section):
     clip_high: float = Field(0.28, ge=0.0, le=10.0)
     """PPO ratio clip above 1 (clip-higher)."""
     kl_coef: float = Field(0.0, ge=0.0)
-    """Weight of the KL to the reference model; > 0 needs `ref_logprobs` in every sample."""
+    """Weight of the per-token KL to the reference model, the learner's starting weights (the SFT
+    checkpoint; still those after `--resume`); > 0 keeps a frozen copy of them on every learner rank."""
     tis_cap: float | None = Field(2.0, gt=0.0)
     """Truncated importance sampling cap on pi_learner / pi_rollout, applied where `rollout_logprobs`
     are given; null disables the correction."""

@@ -25,7 +25,6 @@ class Sample:
       update is on-policy and the current logprobs, detached, are used (ratio 1, plain policy gradient).
     - `rollout_logprobs`: what the generator sampled with; with `learner.tis_cap` they give the
       truncated importance weight against `old_logprobs` (or the current logprobs).
-    - `ref_logprobs`: the reference model's, required when `learner.kl_coef` > 0.
     `advantage` is unused by the SFT loss. `first_advantage`, when given, replaces it on response token 0:
     the budget-choice token of a policy-mode (`<COMP_AUTO>`) rollout, which CHRPO rewards on its own.
     """
@@ -36,13 +35,12 @@ class Sample:
     first_advantage: float | None = None
     old_logprobs: list[float] | None = None
     rollout_logprobs: list[float] | None = None
-    ref_logprobs: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.response_ids)
 
 
-LOGPROB_FIELDS = ("old_logprobs", "rollout_logprobs", "ref_logprobs")
+LOGPROB_FIELDS = ("old_logprobs", "rollout_logprobs")
 SAMPLE_KEYS = {f.name for f in fields(Sample)}
 
 
@@ -63,11 +61,11 @@ def as_samples(batch: Sequence[Sample | Mapping[str, Any]]) -> list[Sample]:
     return out
 
 
-def validate(samples: Sequence[Sample], max_length: int, need: Sequence[str] = ()) -> list[int]:
+def validate(samples: Sequence[Sample], max_length: int) -> list[int]:
     """Check a batch before any compute; returns the indices of samples longer than `max_length`.
 
-    Raises BatchError for an empty batch, an empty response, a non-finite advantage or logprob, a
-    logprob list of the wrong length, or a missing field named in `need`.
+    Raises BatchError for an empty batch, an empty response, a non-finite advantage or logprob, or a
+    logprob list of the wrong length.
     """
     if not samples:
         raise BatchError("empty batch: nothing to train on")
@@ -82,8 +80,6 @@ def validate(samples: Sequence[Sample], max_length: int, need: Sequence[str] = (
         for name in LOGPROB_FIELDS:
             values = getattr(s, name)
             if values is None:
-                if name in need:
-                    raise BatchError(f"sample {i}: {name} is required by this config and missing")
                 continue
             if len(values) != len(s.response_ids):
                 raise BatchError(f"sample {i}: {name} has {len(values)} values for {len(s.response_ids)} response tokens")

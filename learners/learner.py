@@ -96,6 +96,13 @@ class Learner:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(cfg, self.precision))
         self.device = self.engine.device
+        # verl's colocated reference: a frozen whole copy of the starting weights on every rank (no ZeRO
+        # sharding), so the KL term costs one no-grad forward per micro-batch and no extra actor.
+        self.reference = None
+        if cfg.kl_coef > 0:
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
+            self.reference.eval().requires_grad_(False)
         self.step = 0  # optimizer steps applied
         self._sync: SyncBackend | None = None  # rank 0's end of the weight sync, from `open_sync`
 
@@ -105,10 +112,10 @@ class Learner:
 
     # ---- batches -------------------------------------------------------------------------------
 
-    def _plan(self, batch: Sequence[Sample | Mapping], need: Sequence[str] = ()) -> tuple[list[Sample], list[list[int]], int]:
+    def _plan(self, batch: Sequence[Sample | Mapping]) -> tuple[list[Sample], list[list[int]], int]:
         """Validate, drop over-long samples if configured, and take this rank's micro-batches."""
         samples = as_samples(batch)
-        too_long = validate(samples, self.cfg.max_length, need)
+        too_long = validate(samples, self.cfg.max_length)
         if too_long and self.cfg.on_too_long == "error":
             i = too_long[0]
             raise BatchError(f"sample {i}: {len(samples[i])} tokens exceeds learner.max_length {self.cfg.max_length} "
@@ -120,9 +127,10 @@ class Learner:
         plan = split_by_tokens([len(samples[i]) for i in keep], self.world_size, self.cfg.micro_batch_tokens)
         return samples, [[keep[j] for j in micro] for micro in plan[self.rank]], len(too_long)
 
-    def _logprobs(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Log-probabilities of the response tokens, (B, L) float32, with grad if enabled."""
-        logits = self.engine(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False).logits
+    def _logprobs(self, mb: dict[str, torch.Tensor], model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Log-probabilities of the response tokens under `model` (the trained one by default), (B, L)
+        float32, with grad if enabled."""
+        logits = (self.engine if model is None else model)(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False).logits
         # Only the positions that predict a response token: (B, L, V), not (B, T, V), in float32.
         picked = torch.gather(logits, 1, mb["positions"][..., None].expand(-1, -1, logits.shape[-1])).float()
         token = torch.gather(picked, 2, mb["response_ids"][..., None]).squeeze(-1)
@@ -147,8 +155,7 @@ class Learner:
         """
         start = time.perf_counter()
         cfg = self.cfg
-        need = ("ref_logprobs",) if loss == "policy" and cfg.kl_coef > 0 else ()
-        samples, micro_batches, too_long = self._plan(batch, need)
+        samples, micro_batches, too_long = self._plan(batch)
         kept = [s for s in samples if len(s) <= cfg.max_length]
         counts = {"tokens": sum(len(s.response_ids) for s in kept), "sequences": len(kept)}
         denominator = counts[algos.AGGREGATIONS[cfg.loss_aggregation][1]]
@@ -181,8 +188,13 @@ class Learner:
             for group in self.optimizer.param_groups:
                 group["lr"] = 0.0
         lr = self.optimizer.param_groups[0]["lr"]
+        # DeepSpeed reports the norm only from its ZeRO and bf16 optimizers; ZeRO-0 in fp32 (the tiny
+        # model's default) leaves the gradients whole in `.grad`, all-reduced, until the step.
+        whole = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        own_norm = float(torch.nn.utils.get_total_norm(whole)) if whole else float("nan")
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = own_norm if grad_norm is None else grad_norm
         if refuse:
             raise NonFiniteLossError(f"non-finite loss at step {self.step} in micro-batch(es) {nonfinite}; the step "
                                      "was not applied (learner.on_nonfinite=skip trains on the rest)")
@@ -194,7 +206,7 @@ class Learner:
             "loss": float(totals[0]),
             "clip_fraction": float(totals[1]) / max(trained, 1),
             "kl": float(totals[2]) / max(trained, 1),
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "grad_norm": float(grad_norm),
             "lr": lr,
             "tokens": trained,
             "samples": len(kept) - int(totals[4]),
@@ -219,8 +231,10 @@ class Learner:
         if cfg.tis_cap is not None and "rollout_logprobs" in mb:
             per_token = per_token * algos.truncated_is_weight(old, mb["rollout_logprobs"], cfg.tis_cap)
         kl_sum = zero
-        if cfg.kl_coef > 0:
-            kl = algos.kl_penalty(logprobs, mb["ref_logprobs"])
+        if self.reference is not None:
+            with torch.no_grad():
+                reference = self._logprobs(mb, self.reference)
+            kl = algos.kl_penalty(logprobs, reference)
             per_token = per_token + cfg.kl_coef * kl
             kl_sum = algos.masked_sum(kl.detach(), mask)
         per_token = per_token * algos.token_weights(mask, cfg.first_token_weight)

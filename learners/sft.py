@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from configs import ConfigError
-from configs.schema import Config, SFTConfig, TaskConfig
+from configs.schema import Config, LearnerConfig, SFTConfig, TaskConfig
 from learners.batch import Sample
 from tasks.arithmetic import Problem, gold_trace, lax_steps, problems
 from tasks.dataset import epoch_order, read_traces
@@ -98,6 +98,11 @@ def eval_loss(group, samples: list[Sample]) -> float:
     return -sum(sum(lp) for lp in logprobs) / sum(len(lp) for lp in logprobs)
 
 
+def sft_learner(cfg: Config) -> LearnerConfig:
+    """The learner settings of SFT: `sft.optim`, and no reference model (the NLL loss has no KL term)."""
+    return cfg.learner.model_copy(update={"optim": cfg.sft.optim, "kl_coef": 0.0})
+
+
 def run_sft(cfg: Config, out: Path, log: Callable[[dict[str, float], int], None],
             state: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any], dict[str, str]]:
     """Train until `sft.steps`, resuming from `out/checkpoint` when it exists; returns the checkpoint
@@ -114,10 +119,9 @@ def run_sft(cfg: Config, out: Path, log: Callable[[dict[str, float], int], None]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train = TraceStream(tokenizer, cfg.task, sft)
     held_out = TraceStream(tokenizer, cfg.task, sft, split="eval").batch(0, sft.eval_traces)
-    learner_cfg = cfg.learner.model_copy(update={"optim": sft.optim})
     # Nothing else runs during SFT: the ranks share every core of this machine between them.
     threads = None if cfg.cluster.learner_gpus else max(1, len(os.sched_getaffinity(0)) // cfg.cluster.learners)
-    group = LearnerGroup(model_path, learner_cfg, ranks=cfg.cluster.learners, cpus=cfg.cluster.learner_cpus,
+    group = LearnerGroup(model_path, sft_learner(cfg), ranks=cfg.cluster.learners, cpus=cfg.cluster.learner_cpus,
                          gpus=cfg.cluster.learner_gpus, threads=threads)
     checkpoint = out / CHECKPOINT
     record = {"data_position": 0, "step": 0, **(state or {})}

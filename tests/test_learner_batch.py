@@ -35,8 +35,6 @@ def test_validate_names_the_sample_and_field():
         validate([], 10)
     with pytest.raises(BatchError, match="sample 1: old_logprobs has 1 values for 2 response tokens"):
         validate([ok, Sample([1], [2, 3], old_logprobs=[-1.0])], 10)
-    with pytest.raises(BatchError, match="sample 0: ref_logprobs is required"):
-        validate([ok], 10, need=("ref_logprobs",))
     with pytest.raises(BatchError, match="sample 0: response_ids is empty"):
         validate([Sample([1], [])], 10)
     with pytest.raises(BatchError, match=r"sample 0: unknown key\(s\) \['reward'\]"):
