@@ -47,7 +47,7 @@ def ray_local():
 def test_fold_rl_raises_rollout_accuracy(ray_local, tmp_path):
     sft_cfg = load_config(LOCAL, [*SMALL, f"run_dir={tmp_path / 'sft'}", "sft.steps=600", "sft.traces_per_step=12",
                                   "sft.budgets=[]", "sft.policy_fraction=0", "sft.save_every=1000",
-                                  "sft.optim.decay_steps=580"])
+                                  "sft.optim.decay_steps=580", "sft.fold_fraction=0.2"])  # MARGIN's setting
     checkpoint, _, _ = run_sft(sft_cfg, tmp_path / "sft", lambda metrics, step: None)
     cfg, run_dir, state = prepare_run(str(LOCAL), [
         *SMALL, f"run_dir={tmp_path / 'rl'}", f"model.path={checkpoint}", "rl.steps=12", "rl.prompts_per_step=16",
