@@ -130,7 +130,8 @@ class Learner:
     def _logprobs(self, mb: dict[str, torch.Tensor], model: torch.nn.Module | None = None) -> torch.Tensor:
         """Log-probabilities of the response tokens under `model` (the trained one by default), (B, L)
         float32, with grad if enabled."""
-        logits = (self.engine if model is None else model)(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False).logits
+        model = self.engine if model is None else model
+        logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False).logits
         # Only the positions that predict a response token: (B, L, V), not (B, T, V), in float32.
         picked = torch.gather(logits, 1, mb["positions"][..., None].expand(-1, -1, logits.shape[-1])).float()
         token = torch.gather(picked, 2, mb["response_ids"][..., None]).squeeze(-1)
@@ -190,7 +191,7 @@ class Learner:
         lr = self.optimizer.param_groups[0]["lr"]
         # DeepSpeed reports the norm only from its ZeRO and bf16 optimizers; ZeRO-0 in fp32 (the tiny
         # model's default) leaves the gradients whole in `.grad`, all-reduced, until the step.
-        whole = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        whole = [p.grad for p in self.engine.module.parameters() if p.grad is not None] if cfg.zero_stage == 0 else []
         own_norm = float(torch.nn.utils.get_total_norm(whole)) if whole else float("nan")
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
