@@ -24,7 +24,7 @@ import torch.distributed as dist
 from configs.schema import LearnerConfig, OptimConfig
 from learners import algos
 from learners.batch import BatchError, Sample, as_samples, collate, split_by_tokens, validate
-from models.precision import Precision, learner_precision, machine
+from models.precision import ENGINE_DTYPE, Precision, learner_precision, machine
 from models.sync import Sent, SyncBackend, make_backend
 
 STATE_FILE = "training_state.json"
@@ -100,7 +100,7 @@ class Learner:
         # sharding), so the KL term costs one no-grad forward per micro-batch and no extra actor.
         self.reference = None
         if cfg.kl_coef > 0:
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            dtype = getattr(torch, ENGINE_DTYPE[self.precision])
             self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
             self.reference.eval().requires_grad_(False)
         self.step = 0  # optimizer steps applied
