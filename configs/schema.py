@@ -265,8 +265,9 @@ class LearnerConfig(Section):
     tis_cap: float | None = Field(2.0, gt=0.0)
     """Truncated importance sampling cap on pi_learner / pi_rollout, applied where `rollout_logprobs`
     are given; null disables the correction."""
-    first_token_weight: float = Field(1.0, ge=0.0)
-    """Weight of the loss on the first response token (the budget choice in `<COMP_AUTO>` mode)."""
+    choice_weight: float = Field(1.0, ge=0.0)
+    """Loss weight of the budget-choice token of a `<COMP_AUTO>` rollout (1: a token like any other, one
+    among the thousands of its batch under `token_mean`)."""
     optim: OptimConfig = OptimConfig()
     seed: int = 0
 

@@ -86,11 +86,12 @@ def truncated_is_weight(old_logprobs: Tensor, rollout_logprobs: Tensor, cap: flo
     return torch.exp(old_logprobs - rollout_logprobs).clamp(max=cap).detach()
 
 
-def token_weights(mask: Tensor, first_token_weight: float) -> Tensor:
-    """Loss weight per token: `first_token_weight` on response position 0 (the budget-choice token
-    in policy mode, Thinkless' decoupled control-token loss), 1 elsewhere. mask (B, L). Returns (B, L)."""
+def token_weights(mask: Tensor, choice: Tensor, choice_weight: float) -> Tensor:
+    """Loss weight per token: `choice_weight` on response position 0 of the rows where `choice` (B,) is
+    set (the budget-choice token in policy mode, Thinkless' decoupled control-token loss), 1 elsewhere.
+    mask (B, L). Returns (B, L)."""
     weights = mask.float().clone()
-    weights[:, 0] *= first_token_weight
+    weights[:, 0] *= torch.where(choice.bool(), choice_weight, 1.0)
     return weights
 
 

@@ -121,9 +121,9 @@ def split_by_tokens(lengths: Sequence[int], world_size: int, micro_batch_tokens:
 def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors of a micro-batch; an empty list gives one masked dummy row.
 
-    Returns input_ids, attention_mask (B, T); and per response position (B, L): response_ids, mask,
+    Returns input_ids, attention_mask (B, T); per response position (B, L): response_ids, mask,
     advantage (each sample's, `first_advantage` on token 0 where given), and each logprob field present
-    in every sample (zeros where padded).
+    in every sample (zeros where padded); `choice` (B,): 1 where token 0 is a budget choice (`first_advantage`).
     `positions` (B, L) indexes the logits that predict each response token (T-axis index - 1).
     """
     if not samples:
@@ -140,6 +140,7 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     response = torch.full((B, L), pad_id, dtype=torch.long)
     mask = torch.zeros(B, L)
     advantage = torch.zeros(B, L)
+    choice = torch.zeros(B)
     out: dict[str, torch.Tensor] = {}
     for b, s in enumerate(samples):
         ids = s.prompt_ids + s.response_ids
@@ -152,6 +153,7 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
         advantage[b, :r] = s.advantage
         if s.first_advantage is not None:
             advantage[b, 0] = s.first_advantage
+            choice[b] = 1.0
     for name in LOGPROB_FIELDS:
         if all(getattr(s, name) is not None for s in samples):
             values = torch.zeros(B, L)
@@ -160,6 +162,6 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
             out[name] = values
     out.update(
         input_ids=input_ids, attention_mask=attention, positions=positions, response_ids=response, mask=mask,
-        advantage=advantage,
+        advantage=advantage, choice=choice,
     )
     return out

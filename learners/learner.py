@@ -238,7 +238,7 @@ class Learner:
             kl = algos.kl_penalty(logprobs, reference)
             per_token = per_token + cfg.kl_coef * kl
             kl_sum = algos.masked_sum(kl.detach(), mask)
-        per_token = per_token * algos.token_weights(mask, cfg.first_token_weight)
+        per_token = per_token * algos.token_weights(mask, mb["choice"], cfg.choice_weight)
         share = algos.aggregate(per_token, mask, cfg.loss_aggregation, denominator)
         return share, algos.masked_sum(clipped, mask), kl_sum
 

@@ -81,7 +81,8 @@ def test_truncated_is_weight_caps_and_has_no_gradient():
 
 def test_token_weights_reweight_the_budget_choice_token_only():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    assert token_weights(mask, 4.0).tolist() == [[4.0, 1.0, 1.0, 0.0], [4.0, 1.0, 0.0, 0.0]]
+    choice = torch.tensor([1.0, 0.0])  # the second row opens with an ordinary token (a Fold segment, fixed budget)
+    assert token_weights(mask, choice, 4.0).tolist() == [[4.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
 
 
 def test_aggregations_by_hand_and_padding_is_ignored():

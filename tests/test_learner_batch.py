@@ -58,6 +58,7 @@ def test_collate_aligns_positions_with_the_tokens_they_predict():
 def test_collate_puts_the_budget_choice_advantage_on_response_token_0_only():
     mb = collate([Sample([5], [8, 9, 10], 1.0, first_advantage=-0.5), Sample([5], [8, 9], 2.0)], pad_id=0)
     assert mb["advantage"].tolist() == [[-0.5, 1.0, 1.0], [2.0, 2.0, 0.0]]
+    assert mb["choice"].tolist() == [1.0, 0.0]
     with pytest.raises(BatchError, match="sample 0: .*first_advantage nan"):
         validate([Sample([1], [2], 1.0, first_advantage=float("nan"))], 10)
 
