@@ -44,8 +44,9 @@ def reference_lengths(outcomes: list[Outcome]) -> dict[int, float]:
 def cell_metrics(outcomes: list[Outcome], seconds: float, reference: dict[int, float] | None = None) -> dict:
     """accuracy (avg@k), pass_at_k, accuracy_greedy, answered, reasoning_tokens, generated_tokens,
     peak_context (means over sampled trajectories), tokens_per_s (all generated tokens of the cell,
-    greedy included, over `seconds`), ratio (with `reference`) and chosen (policy mode: the share of
-    each picked budget)."""
+    greedy included, over `seconds`), ratio (with `reference`), and in policy mode chosen (the share of
+    each picked budget) and chosen_accuracy (the accuracy of the samples that picked it: a policy's loss
+    is either its choice or how it reasons under the budget it chose)."""
     sampled = [o for o in outcomes if not o.greedy]
     greedy = [o for o in outcomes if o.greedy]
     out: dict = {}
@@ -68,6 +69,7 @@ def cell_metrics(outcomes: list[Outcome], seconds: float, reference: dict[int, f
         picks = Counter(o.chosen for o in sampled if o.chosen is not None)
         if picks:
             out["chosen"] = {str(b): n / len(sampled) for b, n in sorted(picks.items())}
+            out["chosen_accuracy"] = {str(b): fmean(o.correct for o in sampled if o.chosen == b) for b in sorted(picks)}
     if greedy:
         out["accuracy_greedy"] = fmean(o.correct for o in greedy)
         out["peak_context_greedy"] = fmean(o.peak_context for o in greedy)

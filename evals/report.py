@@ -78,7 +78,9 @@ def cells_table(cells: dict[str, dict[str, Any]], title: str) -> Table:
     for column in ("", "accuracy", "pass@k", "greedy", "reasoning tok", "r-hat", "peak ctx", "tok/s", "chosen"):
         table.add_column(column, justify="left" if column in ("", "chosen") else "right", no_wrap=column == "")
     for name, m in cells.items():
-        chosen = " ".join(f"{b}:{100 * share:.0f}%" for b, share in m.get("chosen", {}).items())
+        right = m.get("chosen_accuracy", {})
+        chosen = " ".join(f"{b}:{100 * share:.0f}%" + (f" ({100 * right[b]:.0f}% right)" if b in right else "")
+                          for b, share in m.get("chosen", {}).items())
         table.add_row(name, _pct(m.get("accuracy")), _pct(m.get("pass_at_k")), _pct(m.get("accuracy_greedy")),
                       _num(m.get("reasoning_tokens")), _num(m.get("ratio"), 2), _num(m.get("peak_context"), 0),
                       _num(m.get("tokens_per_s"), 0), chosen)

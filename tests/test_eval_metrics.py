@@ -28,10 +28,11 @@ def test_ratio_is_measured_against_the_same_questions_full_length_samples():
     assert cell_metrics(short, 1.0, reference)["ratio"] == pytest.approx((36 / 90 + 20 / 50) / 2)
 
 
-def test_policy_cells_report_the_share_of_each_chosen_budget():
-    m = cell_metrics([outcome(0, True, chosen=40), outcome(0, True, chosen=40), outcome(1, False, chosen=100),
+def test_policy_cells_report_the_share_and_accuracy_of_each_chosen_budget():
+    m = cell_metrics([outcome(0, True, chosen=40), outcome(0, False, chosen=40), outcome(1, False, chosen=100),
                       outcome(1, True, chosen=20)], 1.0)
     assert m["chosen"] == {"20": 0.25, "40": 0.5, "100": 0.25}
+    assert m["chosen_accuracy"] == {"20": 1.0, "40": 0.5, "100": 0.0}
 
 
 def test_by_mode_flattens_and_computes_the_gap():
