@@ -4,7 +4,8 @@
      "sft":      {"unfold_accuracy", "fold_accuracy", "*_greedy", "*_peak_context", "wall_s"},
      "rl_evals": [{"step", "unfold_accuracy", "fold_accuracy", ...}, ...],
      "final":    {"unfold_accuracy", "fold_accuracy", "unfold_peak_context", "fold_peak_context", ...},
-     "budgets":  {"20": {"accuracy", "reasoning_tokens", "ratio", ...}, ..., "auto": {..., "chosen"}},
+     "budgets":  {"20": {"accuracy", "reasoning_tokens", "ratio", ...}, ...,
+                  "auto": {..., "chosen", "chosen_accuracy"}},
      "harder":   {"steps", "unfold_accuracy", "fold_accuracy", ...},
      "protocol": {"final": {...}, "periodic": {...}, "budgets": {...}, "harder": {...}},
      "targets":  {name: {"value", "target", "met"}}}
