@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -36,6 +35,7 @@ from actors.fold import (
 )
 from configs.schema import GeneratorConfig
 from models.precision import engine_dtype
+from models.prepare import ties_embeddings
 from models.weights import checksum as weights_checksum
 from models.weights import from_bucket
 from tasks.format import FORMAT_TOKENS, STEP_CLOSE, prompt_ids
@@ -205,7 +205,7 @@ class Generator:
         self.path, self.cfg, self.seed, self.colocated = Path(model_path), cfg, seed, colocated
         self.tokenizer = check_model_folder(self.path)
         self.layout = weight_layout(self.path)
-        self.tied = json.loads((self.path / "config.json").read_text()).get("tie_word_embeddings", False)
+        self.tied = ties_embeddings(self.path)
         self.dtype = engine_dtype(cfg.dtype)
         self.limits = Limits(cfg.segment_tokens, cfg.max_segments, cfg.max_prompt_tokens, cfg.max_summary_tokens)
         self.step_close_id = self.tokenizer.convert_tokens_to_ids(STEP_CLOSE)

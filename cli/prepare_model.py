@@ -3,7 +3,8 @@
 Adds the format tokens (`<think>`, `<step>`, budgets: one id each, kept by decoding), grows the embeddings
 (new rows at the mean of the old), installs the chat template the generator and learner prompt with, and
 checks the result: each tag one id, a step trace surviving encode/decode, and (unless --no-check-vllm) the
-project's vLLM generator serving it. Then `model.path=OUT` trains it.
+project's vLLM generator serving it. Then `model.path=OUT` trains it. `--untie-embeddings` gives a tied LM head
+its own weights, for policy mode with a weighted budget choice (`models.prepare` says why).
 
     accordion prepare-model --base Qwen2.5-0.5B-Instruct --out runs/qwen-prepared
 """
@@ -25,6 +26,10 @@ def main(argv: list[str], prog: str) -> int:
     parser.add_argument("--base", type=Path, required=True,
                         help="Hugging Face model folder (config.json, weights, tokenizer)")
     parser.add_argument("--out", type=Path, required=True, help="new folder for the prepared model")
+    parser.add_argument("--untie-embeddings", action="store_true",
+                        help="give a tied LM head (Qwen2.5 <= 3B, Qwen3 <= 4B) its own copy of the embeddings, so "
+                             "that a weighted budget choice (learner.choice_weight > 1) does not move the budget "
+                             "tokens' input embeddings")
     parser.add_argument("--no-check-vllm", action="store_true",
                         help="skip starting a vLLM engine on the result (30-70 s on CPU, longer for large models)")
     args = parser.parse_args(argv)
@@ -32,13 +37,14 @@ def main(argv: list[str], prog: str) -> int:
     from models.prepare import PrepareError, prepare_model
 
     try:
-        prepared = prepare_model(args.base, args.out)
+        prepared = prepare_model(args.base, args.out, untie=args.untie_embeddings)
     except PrepareError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     p = prepared
+    output = "untied here" if p.untied else "tied" if p.tied else "untied"
     print(f"wrote {p.out}: {p.architecture}, {len(p.added)} format tokens added ({' '.join(p.added) or 'none'}), "
-          f"embedding rows {p.rows_before} -> {p.rows_after} ({'tied' if p.tied else 'untied'} output), "
+          f"embedding rows {p.rows_before} -> {p.rows_after} ({output} output), "
           f"{p.style} chat template; each format token is one id")
     if args.no_check_vllm:
         return 0

@@ -66,6 +66,7 @@ class Trainer:
     async def start(cls, cfg: Config, run_dir: Path, state: dict | None = None) -> Trainer:
         from cluster.tracking import Tracker, tracking_uri
         from cluster.weight_sync import check_backend
+        from models.prepare import ties_embeddings
 
         check_backend(cfg.rl.sync_backend)
         self = cls(cfg, run_dir, state)
@@ -85,6 +86,8 @@ class Trainer:
         self.tracker.tags({f"precision.{k}": v for k, v in self.precision.items()})
         print(f"precision: learners {self.precision['learner']}, generators {self.precision['generator']} "
               f"({self.precision['machine']})")
+        if warning := tied_choice_warning(cfg, self.model_path, ties_embeddings(self.model_path)):
+            print(warning)
         return self
 
     async def _start_actors(self) -> None:
@@ -359,6 +362,16 @@ async def timed(awaitable) -> float:
     start = time.perf_counter()
     await awaitable
     return time.perf_counter() - start
+
+
+def tied_choice_warning(cfg: Config, model: str | Path, tied: bool) -> str | None:
+    """What to tell the user who weights the budget choice of a model whose LM head is its input embeddings."""
+    if not (tied and "auto" in cfg.rl.budgets and cfg.learner.choice_weight > 1):
+        return None
+    return (f"warning: {model} ties its LM head to its input embeddings, so learner.choice_weight "
+            f"{cfg.learner.choice_weight:g} on the <COMP_AUTO> choice also moves the budget tokens' input embeddings "
+            "(built-in model at 10: <COMP_80> 96 -> 28 %); untie it: `accordion prepare-model --untie-embeddings`, "
+            "or model.tie_word_embeddings=false for the built-in model")
 
 
 def rollout_metrics(batch: list[Group], version: int) -> dict[str, float]:

@@ -18,6 +18,12 @@ Why each change:
   renders exactly that, with the base model's own turn markers when its template uses ChatML (Qwen) or
   Llama 3 headers, plain text otherwise. It drops Qwen2.5's default system message and Qwen3's think
   block: Fold re-sends the prompt with every segment, and the project writes `<think>` itself.
+- **Untied output (`--untie-embeddings`, optional).** Qwen2.5 up to 3B and Qwen3 up to 4B tie their LM head to
+  their input embeddings. In policy mode a weighted budget choice (`learner.choice_weight` > 1) pushes down the
+  logits of the budgets not taken, and tied, that moves those budget tokens' input rows too, which changes every
+  prompt that asks for them: on the built-in model, weight 10 tied sank `<COMP_80>` from 96 to 28 %; untied it
+  kept 94 %. Untying gives the LM head its own copy of the embeddings (the same logits until training moves
+  them), at the cost of one more vocabulary-sized matrix.
 """
 from __future__ import annotations
 
@@ -53,6 +59,9 @@ class Prepared:
     rows_before: int
     rows_after: int
     tied: bool
+    """The prepared model's LM head is its input embeddings."""
+    untied: bool
+    """It was tied and was given its own copy here (`untie`)."""
     style: str
 
 
@@ -118,6 +127,23 @@ def init_new_rows(model, new_ids: list[int], trained_rows: int) -> None:
             weight[new_ids] = weight[:trained_rows].float().mean(0).to(weight.dtype)
 
 
+def untie_embeddings(model) -> bool:
+    """Give a tied LM head its own copy of the input embeddings; returns whether it was tied."""
+    import torch
+
+    output, embeddings = model.get_output_embeddings(), model.get_input_embeddings().weight
+    if output is None or output.weight is not embeddings:
+        return False
+    output.weight = torch.nn.Parameter(embeddings.detach().clone())
+    model.config.tie_word_embeddings = False  # else loading ties the two again, dropping the copy
+    return True
+
+
+def ties_embeddings(folder: str | Path) -> bool:
+    """Whether the model folder's config ties its LM head to its input embeddings."""
+    return bool(json.loads((Path(folder) / "config.json").read_text()).get("tie_word_embeddings", False))
+
+
 def check_tokenizer(tokenizer, folder: Path) -> None:
     """Each format token is one id that decodes back to itself, and a step trace survives encode + decode
     + `parse_trace`, as the generator will see it; PrepareError naming the folder and token otherwise."""
@@ -140,9 +166,10 @@ def check_tokenizer(tokenizer, folder: Path) -> None:
         raise PrepareError(f"{folder}: the chat template drops the budget token from the prompt")
 
 
-def prepare_model(base: str | Path, out: str | Path) -> Prepared:
-    """Write `base` with the format tokens, grown embeddings and the project's chat template to `out`
-    (which must not exist or be empty), then load `out` again and check its tokenizer."""
+def prepare_model(base: str | Path, out: str | Path, untie: bool = False) -> Prepared:
+    """Write `base` with the format tokens, grown embeddings (and, with `untie`, an LM head of its own) and
+    the project's chat template to `out` (which must not exist or be empty), then load `out` again and check
+    its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, out = Path(base), Path(out)
@@ -164,6 +191,7 @@ def prepare_model(base: str | Path, out: str | Path) -> Prepared:
     style = chat_style(tokenizer.chat_template, tokenizer.get_vocab())
     added = register_format_tokens(tokenizer)
     init_new_rows(model, tokenizer.convert_tokens_to_ids(added), tokens_before)
+    untied = untie and untie_embeddings(model)
     tokenizer.chat_template = chat_template(style)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -172,4 +200,4 @@ def prepare_model(base: str | Path, out: str | Path) -> Prepared:
     tied = model.get_output_embeddings() is None or \
         model.get_output_embeddings().weight is model.get_input_embeddings().weight
     return Prepared(out, architecture, added, tokens_before, rows_before,
-                    model.get_input_embeddings().weight.shape[0], tied, style)
+                    model.get_input_embeddings().weight.shape[0], tied, untied, style)

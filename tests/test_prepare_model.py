@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cli.prepare_model import main
-from models.prepare import PrepareError, chat_style, chat_template, check_tokenizer, prepare_model
+from cluster.train import tied_choice_warning
+from configs import load_config
+from models.prepare import PrepareError, chat_style, chat_template, check_tokenizer, prepare_model, ties_embeddings
 from tasks.format import FORMAT_TOKENS, THINK_OPEN, budget_prompt, prompt_ids
 from tests.real_like import build_real_like
 
@@ -172,11 +174,41 @@ def test_command_without_vllm(bases, tmp_path, capsys):
 
 @pytest.mark.system
 def test_command_prepares_a_model_vllm_serves(tmp_path):
-    base = build_real_like(tmp_path / "base", "qwen2", tie=False)
+    base = build_real_like(tmp_path / "base", "qwen2")  # tied, untied here: vLLM serves its own LM head
     env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")}
     script = "import sys; from cli.prepare_model import main; sys.exit(main(sys.argv[1:], 'accordion prepare-model'))"
-    proc = subprocess.run([sys.executable, "-c", script, "--base", str(base), "--out", str(tmp_path / "out")],
-                          check=False, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", script, "--base", str(base), "--out", str(tmp_path / "out"),
+                           "--untie-embeddings"], check=False, capture_output=True, text=True, env=env, timeout=600,
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "10 format tokens added" in proc.stdout and "vLLM serves" in proc.stdout
+    assert "10 format tokens added" in proc.stdout and "(untied here output)" in proc.stdout
+    assert "vLLM serves" in proc.stdout and "lm_head.weight" in load_file(tmp_path / "out" / "model.safetensors")
     assert len(AutoTokenizer.from_pretrained(tmp_path / "out").encode("<COMP_AUTO>", add_special_tokens=False)) == 1
+
+
+def test_untie_gives_a_tied_head_its_own_copy_with_the_same_logits(bases, prepared, tmp_path):
+    p = prepare_model(bases["qwen2"], tmp_path / "untied", untie=True)
+    assert p.untied and not p.tied
+    weights, tied = embeddings(p.out), embeddings(prepared["qwen2"].out)
+    # The new rows at the mean in both matrices, as the tied model has them in its one.
+    assert torch.equal(weights["output"], weights["input"]) and torch.equal(weights["input"], tied["input"])
+    model, before = AutoModelForCausalLM.from_pretrained(p.out), AutoModelForCausalLM.from_pretrained(prepared["qwen2"].out)
+    assert not model.config.tie_word_embeddings and not ties_embeddings(p.out) and ties_embeddings(prepared["qwen2"].out)
+    assert model.lm_head.weight is not model.get_input_embeddings().weight
+    ids = torch.tensor([AutoTokenizer.from_pretrained(p.out).encode(budget_prompt(QUESTION, "auto"))])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, before(ids).logits)
+    # An untied base has nothing to untie.
+    assert not prepare_model(bases["qwen3"], tmp_path / "qwen3", untie=True).untied
+
+
+def test_a_weighted_choice_on_a_tied_model_is_warned_with_the_way_out():
+    weighted = load_config(overrides=["learner.choice_weight=10"])
+    assert "auto" in weighted.rl.budgets
+    warning = tied_choice_warning(weighted, "runs/m", tied=True)
+    assert warning.startswith("warning: runs/m ties its LM head") and "choice_weight 10 " in warning
+    assert "--untie-embeddings" in warning and "model.tie_word_embeddings=false" in warning
+    assert tied_choice_warning(weighted, "runs/m", tied=False) is None
+    assert tied_choice_warning(load_config(overrides=["learner.choice_weight=1"]), "runs/m", tied=True) is None
+    assert tied_choice_warning(load_config(overrides=["learner.choice_weight=10", "rl.budgets=[100]"]),
+                               "runs/m", tied=True) is None
