@@ -268,6 +268,10 @@ class LearnerConfig(Section):
     choice_weight: float = Field(1.0, ge=0.0)
     """Loss weight of the budget-choice token of a `<COMP_AUTO>` rollout (1: a token like any other, one
     among the thousands of its batch under `token_mean`)."""
+    ppo_epochs: int = Field(1, ge=1, le=16)
+    """RL: passes over each batch, one optimizer step each (Accordion: 2). The first is on-policy; later ones
+    see the ratio to the weights before the first, clipped at `clip_low`/`clip_high`. The lr schedule counts
+    batches, so one batch's passes share its lr. SFT takes one pass."""
     optim: OptimConfig = OptimConfig()
     seed: int = 0
 

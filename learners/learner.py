@@ -48,7 +48,7 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
 
 
 def ds_config(cfg: LearnerConfig, precision: Precision) -> dict[str, Any]:
-    """The DeepSpeed config; accumulation is ours (one optimizer step per batch), so DeepSpeed sees 1."""
+    """The DeepSpeed config; accumulation is ours (one optimizer step per pass over a batch): DeepSpeed sees 1."""
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "overlap_comm": False}
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
@@ -92,7 +92,9 @@ class Learner:
         optim = cfg.optim
         optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
                                       weight_decay=optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim))
+        # The schedule counts batches: the optimizer steps of one batch's PPO epochs share its lr.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, 
+                                                      lambda step: lr_factor(step // cfg.ppo_epochs, optim))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(cfg, self.precision))
         self.device = self.engine.device
@@ -148,11 +150,14 @@ class Learner:
     # ---- training ------------------------------------------------------------------------------
 
     def train_step(self, batch: Sequence[Sample | Mapping], loss: Loss = "policy") -> dict[str, float]:
-        """One optimizer step on the whole `batch` (all ranks' shares, accumulated over micro-batches).
+        """`learner.ppo_epochs` passes over the whole `batch` (all ranks' shares, accumulated over micro-batches),
+        one optimizer step each; the SFT loss takes one.
 
-        `loss="policy"`: clipped PPO loss with the configured corrections; `"sft"`: NLL of the responses.
-        Returns the same metrics on every rank (summed over ranks): loss, clip_fraction, kl, grad_norm,
-        lr, tokens, samples, skipped_samples, step_applied, time_s.
+        `loss="policy"`: clipped PPO loss with the configured corrections, its ratio's denominator the logprobs
+        before the first pass (or the samples' `old_logprobs`); `"sft"`: NLL of the responses. Returns the same
+        metrics on every rank (summed over ranks; loss, kl and grad_norm the mean over passes): loss,
+        clip_fraction, kl, grad_norm, lr, tokens, samples, skipped_samples, step_applied (steps applied),
+        time_s.
         """
         start = time.perf_counter()
         cfg = self.cfg
@@ -160,7 +165,31 @@ class Learner:
         kept = [s for s in samples if len(s) <= cfg.max_length]
         counts = {"tokens": sum(len(s.response_ids) for s in kept), "sequences": len(kept)}
         denominator = counts[algos.AGGREGATIONS[cfg.loss_aggregation][1]]
-        # Sums over this rank's micro-batches: loss, clipped tokens, kl, trained tokens, skipped samples.
+        epochs = cfg.ppo_epochs if loss == "policy" else 1
+        olds: list[torch.Tensor | None] = [None] * len(micro_batches)
+        passes = [self._epoch(samples, micro_batches, loss, denominator, olds) for _ in range(epochs)]
+        totals = sum(p[0] for p in passes)
+        trained = int(totals[3])  # tokens, over every pass
+        metrics = {
+            "loss": float(totals[0]) / epochs,
+            "clip_fraction": float(totals[1]) / max(trained, 1),
+            "kl": float(totals[2]) / max(trained, 1),
+            "grad_norm": sum(p[1] for p in passes) / epochs,
+            "lr": passes[0][2],
+            "tokens": trained // epochs,
+            "samples": len(kept) - int(passes[0][0][4]),
+            "skipped_samples": int(passes[0][0][4]) + too_long,
+            "step_applied": float(sum(p[3] for p in passes)),
+            "time_s": time.perf_counter() - start,
+        }
+        return metrics
+
+    def _epoch(self, samples: list[Sample], micro_batches: list[list[int]], loss: Loss, denominator: int,
+               olds: list[torch.Tensor | None]) -> tuple[torch.Tensor, float, float, bool]:
+        """One pass over this rank's micro-batches and one optimizer step. `olds[k]`: micro-batch k's logprobs
+        before the first pass, filled by it. Returns the sums over ranks (loss, clipped tokens, kl, trained
+        tokens, skipped samples), the gradient norm, the lr and whether the step was applied."""
+        cfg = self.cfg
         sums = torch.zeros(5, dtype=torch.float64)
         nonfinite = []
         self.engine.train()
@@ -168,6 +197,9 @@ class Learner:
             self.engine.set_gradient_accumulation_boundary(k == len(micro_batches) - 1)
             mb = self._to_device([samples[i] for i in indices])
             logprobs = self._logprobs(mb)
+            if olds[k] is None:
+                olds[k] = mb.get("old_logprobs", logprobs.detach())
+            mb["old_logprobs"] = olds[k]
             share, clipped, kl = self._loss(mb, logprobs, loss, denominator)
             finite = self._all_reduce(torch.isfinite(share).float().reshape(1), dist.ReduceOp.MIN)
             if not bool(finite):  # a host sync, but the decision must be the same on every rank
@@ -203,19 +235,7 @@ class Learner:
             log.warning("step %d: non-finite loss in micro-batch(es) %s; their samples are left out", self.step, nonfinite)
         applied = trained > 0
         self.step += applied
-        metrics = {
-            "loss": float(totals[0]),
-            "clip_fraction": float(totals[1]) / max(trained, 1),
-            "kl": float(totals[2]) / max(trained, 1),
-            "grad_norm": float(grad_norm),
-            "lr": lr,
-            "tokens": trained,
-            "samples": len(kept) - int(totals[4]),
-            "skipped_samples": int(totals[4]) + too_long,
-            "step_applied": float(applied),
-            "time_s": time.perf_counter() - start,
-        }
-        return metrics
+        return totals, float(grad_norm), lr, applied
 
     def _loss(self, mb: dict[str, torch.Tensor], logprobs: torch.Tensor, loss: Loss,
               denominator: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -227,7 +247,7 @@ class Learner:
             return algos.aggregate(per_token, mask, cfg.loss_aggregation, denominator), zero, zero
         if loss != "policy":
             raise ValueError(f"unknown loss {loss!r}: expected 'policy' or 'sft'")
-        old = mb.get("old_logprobs", logprobs.detach())
+        old = mb["old_logprobs"]
         per_token, clipped = algos.policy_loss(logprobs, old, mb["advantage"], cfg.clip_low, cfg.clip_high)
         if cfg.tis_cap is not None and "rollout_logprobs" in mb:
             per_token = per_token * algos.truncated_is_weight(old, mb["rollout_logprobs"], cfg.tis_cap)

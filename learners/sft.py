@@ -99,8 +99,9 @@ def eval_loss(group, samples: list[Sample]) -> float:
 
 
 def sft_learner(cfg: Config) -> LearnerConfig:
-    """The learner settings of SFT: `sft.optim`, and no reference model (the NLL loss has no KL term)."""
-    return cfg.learner.model_copy(update={"optim": cfg.sft.optim, "kl_coef": 0.0})
+    """The learner settings of SFT: `sft.optim`, no reference model (the NLL loss has no KL term), one pass
+    per batch (its schedule counts steps)."""
+    return cfg.learner.model_copy(update={"optim": cfg.sft.optim, "kl_coef": 0.0, "ppo_epochs": 1})
 
 
 def run_sft(cfg: Config, out: Path, log: Callable[[dict[str, float], int], None],

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from configs.schema import LearnerConfig, ModelConfig, OptimConfig, TaskConfig
 from learners.batch import BatchError
-from learners.learner import NonFiniteLossError
+from learners.learner import NonFiniteLossError, lr_factor
 from learners.sft import trace_samples
 from models.build import build_tiny_model
 from models.weights import checksum, from_bucket
@@ -180,3 +180,18 @@ def test_kl_pulls_the_policy_back_to_its_starting_weights(ray_local, model_dir, 
     learners.shutdown()
     assert at_start < 1e-6 < 1e-3 < kls[0]
     assert max(kls[2:]) < 0.5 * kls[0], kls  # Adam at lr 3e-3 overshoots a little: no strict descent
+
+
+def test_ppo_epochs_step_once_per_pass_against_the_first_pass_and_share_the_batch_lr(ray_local, model_dir, batch):
+    optim = OptimConfig(lr=3e-2, warmup_steps=1, decay_steps=4)
+    learners = group(model_dir, CFG.model_copy(update={"ppo_epochs": 2, "optim": optim}))
+    rl = [{**vars(s), "advantage": 1.0 if i % 2 else -1.0} for i, s in enumerate(batch)]
+    first, second = learners.train_step(rl, "policy"), learners.train_step(rl, "policy")
+    # Two optimizer steps per batch; the second pass's ratio is to the weights before the first, so it clips
+    # (one pass never does: test_zero3_gives_the_same_losses_and_skips_a_nonfinite_batch).
+    assert first["step_applied"] == second["step_applied"] == 2.0
+    assert first["clip_fraction"] > 0 and first["tokens"] == sum(len(s.response_ids) for s in batch)
+    # The schedule counts batches: the second batch runs at lr_factor(1), not at the fourth step's.
+    assert first["lr"] == pytest.approx(3e-2) and second["lr"] == pytest.approx(3e-2 * lr_factor(1, optim))
+    assert lr_factor(1, optim) != lr_factor(2, optim)
+    learners.shutdown()
