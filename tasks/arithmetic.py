@@ -23,10 +23,6 @@ from tasks.format import BUDGETS, count_tokens, render_trace
 # Priority of a span when a trace is compressed: higher survives longer.
 SUMMARY, OPERATION, ONES, TENS, WORKING, RESULT, LABEL, NARRATION = 8, 7, 6, 5, 4, 3, 2, 1
 Span = tuple[str, int]
-# How far under its budget a compressed trace may stop rather than exceed it: within Extra-CoT's SFT filter
-# (|r-hat - target| <= 0.05) for every built-in trace. The 40 % traces then measure 0.385 on average (0.400
-# when the nearer of stopping and overshooting was kept), so a policy that picks 40 stays under 40 %.
-CEILING_SLACK = 0.04
 HELDOUT_SEED_OFFSET = 1_000_003
 
 
@@ -161,9 +157,8 @@ def gold_trace(problem: Problem, lax: tuple[bool, ...], ratio: int = 100, budget
 
 def kept_spans(steps: list[tuple[list[Span], str]], ratio: int) -> set[tuple[int, int]]:
     """`(step, span)` indices of the reasoning spans kept at `ratio` %: highest priority first and, within a
-    priority, evenly across steps, so every step is compressed alike, until the next span would exceed the
-    budget: a budget is a ceiling, unless stopping would fall short of it by more than `CEILING_SLACK`, when
-    the span is kept if that lands nearer the target. Summaries are always kept (they count)."""
+    priority, evenly across steps, so every step is compressed alike; the last span kept may overshoot the
+    budget by less than it would fall short without it. Summaries are always kept (they count)."""
     full = sum(count_tokens(s) for spans, summ in steps for s in [*(t for t, _ in spans), summ])
     keep_budget = round(full * ratio / 100) - sum(count_tokens(summ) for _, summ in steps)
     # Rank spans: priority first, then the i-th span of that priority across all steps, then step order.
@@ -177,9 +172,9 @@ def kept_spans(steps: list[tuple[list[Span], str]], ratio: int) -> set[tuple[int
     kept: set[tuple[int, int]] = set()
     for _, _, step_idx, span_idx, text in sorted(ranked):
         cost = count_tokens(text)
-        if cost > keep_budget and (keep_budget <= CEILING_SLACK * full or cost >= 2 * keep_budget):
+        if cost >= 2 * keep_budget:
             break  # strictly by rank: no stray low-priority fragments filling the last few tokens
-        keep_budget -= cost
+        keep_budget -= cost  # a span that overshoots is kept when that lands nearer the target
         kept.add((step_idx, span_idx))
         if keep_budget <= 0:
             break
