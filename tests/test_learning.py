@@ -53,7 +53,8 @@ def test_fold_rl_raises_rollout_accuracy(ray_local, tmp_path):
         *SMALL, f"run_dir={tmp_path / 'rl'}", f"model.path={checkpoint}", "rl.steps=12", "rl.prompts_per_step=16",
         "rl.samples_per_prompt=8", "rl.max_staleness=1", "learner.optim.lr=2e-4", "learner.optim.warmup_steps=3",
         "learner.optim.decay_steps=0", "rl.save_every=100", "eval.every=0", "eval.questions=2", "eval.samples=1",
-        "eval.budgets=[]", "eval.harder_steps=null", "eval.budget=null"], None)
+        "eval.budgets=[]", "eval.harder_steps=null", "eval.budget=null",
+        "learner.ppo_epochs=1"], None)  # MARGIN's setting (the demo's two passes double the learner's time)
     trainer = asyncio.run(train(cfg, run_dir, state))
     history = list(trainer.history["rollout/accuracy"].values())
     assert len(history) == 12
