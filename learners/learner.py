@@ -93,7 +93,7 @@ class Learner:
         optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
                                       weight_decay=optim.weight_decay)
         # The schedule counts batches: the optimizer steps of one batch's PPO epochs share its lr.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, 
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                       lambda step: lr_factor(step // cfg.ppo_epochs, optim))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(cfg, self.precision))
