@@ -135,5 +135,21 @@ def cold_start(cfg: Config, run_dir: Path) -> tuple[Config, dict[str, Any]]:
     else:
         print(f"model.path is empty: cold-starting the built-in tiny model with SFT into {sft_dir}")
         metrics = sft(cfg, sft_dir, store_dir=run_dir)
-    sft_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(sft_dir / CHECKPOINT)})})
-    return sft_cfg, metrics
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(rl_start(cfg, sft_dir / CHECKPOINT))})}), metrics
+
+
+def rl_start(cfg: Config, checkpoint: Path) -> Path:
+    """The SFT checkpoint, or, when RL weights the budget choice of a model trained tied, its copy with an LM
+    head of its own (`<run_dir>/sft/untied`): SFT'd tied, the built-in model learns `<COMP_40>` better, and
+    untied, the weighted choice leaves the budget tokens' input embeddings alone."""
+    from cluster.train import weights_choice
+    from models.prepare import ties_embeddings, untied_copy
+
+    if not (weights_choice(cfg) and ties_embeddings(checkpoint)):
+        return checkpoint
+    untied = checkpoint.parent / "untied"
+    if not (untied / "config.json").is_file():
+        print(f"the budget choice is weighted (learner.choice_weight {cfg.learner.choice_weight:g}): RL starts from "
+              f"{untied}, the SFT checkpoint with an LM head of its own")
+        untied_copy(checkpoint, untied)
+    return untied

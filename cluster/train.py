@@ -364,9 +364,14 @@ async def timed(awaitable) -> float:
     return time.perf_counter() - start
 
 
+def weights_choice(cfg: Config) -> bool:
+    """Policy-mode RL whose budget-choice token weighs more than any other token of the batch."""
+    return "auto" in cfg.rl.budgets and cfg.learner.choice_weight > 1
+
+
 def tied_choice_warning(cfg: Config, model: str | Path, tied: bool) -> str | None:
     """What to tell the user who weights the budget choice of a model whose LM head is its input embeddings."""
-    if not (tied and "auto" in cfg.rl.budgets and cfg.learner.choice_weight > 1):
+    if not (tied and weights_choice(cfg)):
         return None
     return (f"warning: {model} ties its LM head to its input embeddings, so learner.choice_weight "
             f"{cfg.learner.choice_weight:g} on the <COMP_AUTO> choice also moves the budget tokens' input embeddings "

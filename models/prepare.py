@@ -139,6 +139,24 @@ def untie_embeddings(model) -> bool:
     return True
 
 
+def untied_copy(folder: str | Path, out: str | Path) -> Path:
+    """Write `folder`'s model with an LM head of its own (and its tokenizer) to `out`, atomically: a folder
+    that exists is complete."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    untie_embeddings(model)
+    model.save_pretrained(partial)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(partial)
+    partial.rename(out)
+    return out
+
+
 def ties_embeddings(folder: str | Path) -> bool:
     """Whether the model folder's config ties its LM head to its input embeddings."""
     return bool(json.loads((Path(folder) / "config.json").read_text()).get("tie_word_embeddings", False))

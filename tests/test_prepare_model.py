@@ -214,3 +214,21 @@ def test_a_weighted_choice_on_a_tied_model_is_warned_with_the_way_out():
     assert tied_choice_warning(load_config(overrides=["learner.choice_weight=1"]), "runs/m", tied=True) is None
     assert tied_choice_warning(load_config(overrides=["learner.choice_weight=10", "rl.budgets=[100]"]),
                                "runs/m", tied=True) is None
+
+
+def test_rl_after_a_tied_sft_starts_from_an_untied_copy_when_the_choice_is_weighted(tmp_path, capsys):
+    from cli.train import rl_start
+    from models.build import build_tiny_model
+
+    weighted = load_config(overrides=["learner.choice_weight=10", "model.tie_word_embeddings=true"])
+    checkpoint = build_tiny_model(weighted.model, tmp_path / "sft" / "checkpoint")
+    assert ties_embeddings(checkpoint)
+    assert rl_start(load_config(overrides=["learner.choice_weight=1"]), checkpoint) == checkpoint
+    untied = rl_start(weighted, checkpoint)
+    assert untied == tmp_path / "sft" / "untied" and not ties_embeddings(untied) and ties_embeddings(checkpoint)
+    assert "RL starts from" in capsys.readouterr().out
+    ids = torch.tensor([AutoTokenizer.from_pretrained(untied).encode(budget_prompt("x = 3 . op 1 : + 4 .", "auto"))])
+    with torch.no_grad():
+        assert torch.allclose(AutoModelForCausalLM.from_pretrained(untied)(ids).logits,
+                              AutoModelForCausalLM.from_pretrained(checkpoint)(ids).logits)
+    assert rl_start(weighted, checkpoint) == untied and capsys.readouterr().out == ""  # made once, then reused
