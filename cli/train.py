@@ -135,7 +135,8 @@ def cold_start(cfg: Config, run_dir: Path) -> tuple[Config, dict[str, Any]]:
     else:
         print(f"model.path is empty: cold-starting the built-in tiny model with SFT into {sft_dir}")
         metrics = sft(cfg, sft_dir, store_dir=run_dir)
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(rl_start(cfg, sft_dir / CHECKPOINT))})}), metrics
+    start = rl_start(cfg, sft_dir / CHECKPOINT)
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(start)})}), metrics
 
 
 def rl_start(cfg: Config, checkpoint: Path) -> Path:
