@@ -147,7 +147,7 @@ def untied_copy(folder: str | Path, out: str | Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
+    partial = out.with_name(out.name + ".tmp")
     shutil.rmtree(partial, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
     untie_embeddings(model)
