@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from cluster.soak import session_gone
 from evals.traces import read_records
+from models.prepare import ties_embeddings
 
 pytestmark = pytest.mark.system
 
@@ -94,6 +95,10 @@ def test_ctrl_c_during_sft_and_rl_then_resume_to_the_report(tmp_path):
         assert proc.wait(timeout=600) == 0, log_path.read_text()[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["sft"]["steps"] == saved["step"] + 2 and report["precision"] in ("fp32", "bf16")
+    # SFT'd tied with the budget choice weighted (the demo's config): RL trained the untied copy.
+    final_checkpoint = json.loads((run_dir / "state.json").read_text())["checkpoint"]
+    assert ties_embeddings(run_dir / "sft" / "checkpoint") and not ties_embeddings(final_checkpoint)
+    assert (run_dir / "sft" / "untied" / "config.json").is_file()
     assert [e["step"] for e in report["rl_evals"]] == [1, 2, 3]
     assert {"unfold_accuracy", "fold_accuracy", "unfold_peak_context", "fold_peak_context"} <= set(report["final"])
     assert set(report["budgets"]) == {"40", "auto", "100"} and "ratio" in report["budgets"]["40"]
