@@ -94,7 +94,7 @@ def test_ctrl_c_during_sft_and_rl_then_resume_to_the_report(tmp_path):
         proc = start(["--resume", str(run_dir), sft_steps], log)
         assert proc.wait(timeout=600) == 0, log_path.read_text()[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["sft"]["steps"] == saved["step"] + 2 and report["precision"] in ("fp32", "bf16")
+    assert report["sft"]["steps"] == saved["step"] + 2 and report["precision"] == "fp32"  # the demo's, on every CPU
     # SFT'd tied with the budget choice weighted (the demo's config): RL trained the untied copy.
     final_checkpoint = json.loads((run_dir / "state.json").read_text())["checkpoint"]
     assert ties_embeddings(run_dir / "sft" / "checkpoint") and not ties_embeddings(final_checkpoint)
