@@ -1,12 +1,13 @@
 """`accordion bench fold`: Fold vs Unfold generation throughput on one engine at one KV-cache budget.
 
-Both modes generate the same number of trajectories and tokens per trajectory, back to back on the
-same `Generator` (same model, engine and KV blocks). Lengths are forced (`ignore_eos`, `max_tokens`)
-so an untrained model works: Fold generates `trace/segment` segments, each followed by a re-prefill
-of question + the last `summary` tokens of every segment so far between step tags; Unfold generates
-the whole trace in one request. The KV budget defaults to what Fold needs to hold every trajectory
-at its largest folded size, so Unfold (whose context grows to the whole trace) cannot hold them all.
-Fold is admitted by `Generator.admitted` (never more than fits); Unfold is left to vLLM's scheduler.
+At each trace length both modes generate the same number of trajectories and tokens per trajectory,
+back to back on the same `Generator` (same model, engine and KV blocks), after a short warm-up.
+Lengths are forced (`ignore_eos`, `max_tokens`) so an untrained model works: Fold generates
+`trace/segment` segments, each followed by a re-prefill of question + the last `summary` tokens of
+every segment so far between step tags; Unfold generates the whole trace in one request. Each length
+gets an engine of its own whose KV budget defaults to what Fold needs at that length to hold every
+trajectory at its largest folded size, so Unfold (whose context grows to the whole trace) cannot hold
+them all. Fold is admitted by `Generator.admitted` (never more than fits); Unfold is left to vLLM's scheduler.
 
 `--real-model DIR` adds a row of real rollouts: a trained model (the demo's last checkpoint) writing its own
 Fold and Unfold trajectories on the built-in task, sampled, with the config's generation limits (Fold admits
@@ -37,8 +38,8 @@ def main(argv: list[str], prog: str) -> int:
                         help="generated tokens per trajectory, one run each (default: %(default)s)")
     parser.add_argument("--segment-tokens", type=int, default=512)
     parser.add_argument("--summary-tokens", type=int, default=32)
-    parser.add_argument("--kv-tokens", type=int, help="KV-cache size in tokens (default: what Fold needs to hold "
-                        "every trajectory at once at its largest folded size, at least one whole trace)")
+    parser.add_argument("--kv-tokens", type=int, help="KV-cache size in tokens, at every length (default: what "
+                        "Fold needs there to hold every trajectory at its largest folded size, at least one whole trace)")
     parser.add_argument("--real-model", help="also roll out this trained model (e.g. the demo's last checkpoint) in "
                         "real Fold and Unfold mode on the built-in task, sampled: the `real` row")
     parser.add_argument("--real-trajectories", type=int, default=64)
@@ -86,36 +87,24 @@ async def run(args, cfg, save) -> dict:
     bases = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                      return_dict=False) + tok.encode("<think>", add_special_tokens=False)
              for q in questions]
-    longest_base = max(map(len, bases))
-    max_prompt = longest_base + (longest // args.segment_tokens - 1) * (args.summary_tokens + 2)
-    max_model_len = longest_base + longest + BLOCK
-    # vLLM refuses to start unless one whole Unfold trajectory fits (few trajectories, long traces).
-    kv_tokens = args.kv_tokens or max(args.trajectories * (max_prompt + args.segment_tokens + BLOCK), max_model_len)
-    gen_cfg = GeneratorConfig(**{
-        **cfg.generator.model_dump(), "segment_tokens": args.segment_tokens, "max_prompt_tokens": max_prompt,
-        "max_tokens": longest, "max_model_len": max_model_len, "kv_cache_tokens": kv_tokens,
-        "max_num_seqs": max(args.trajectories, cfg.generator.max_num_seqs), "max_concurrent": args.trajectories,
-    })
-    gen = Generator(model, gen_cfg, seed=0)
-    try:
-        await gen.start()
-        settings = {
-            "trajectories": args.trajectories, "segment_tokens": args.segment_tokens,
-            "summary_tokens": args.summary_tokens, "kv_tokens": gen.kv_tokens, "kv_block_tokens": gen.block_size,
-            "dtype": gen.dtype, "fold_capacity": gen.fold_capacity, "model": str(model),
-            "temperature": gen_cfg.temperature,
-        }
-        runs, result = [], {}
-        for trace in args.trace_tokens:
+    runs, result = [], {}
+    for trace in args.trace_tokens:
+        gen_cfg = GeneratorConfig(**{**cfg.generator.model_dump(), **engine_limits(max(map(len, bases)), trace, args)})
+        gen = Generator(model, gen_cfg, seed=0)
+        try:
+            await gen.start()
+            await warm_up(gen, bases)
             fold = await timed(gen, fold_rollouts(gen, bases, trace, args.segment_tokens, args.summary_tokens, tok))
             unfold = await timed(gen, unfold_rollouts(gen, bases, trace))
-            runs.append(summary_row(trace, args, fold, unfold, gen.kv_tokens))
-            # The headline keys are those of the longest trace so far; `runs` has every length.
-            result = {**runs[-1], **settings, "runs": runs}
-            save(result)
-        return result
-    finally:
-        await gen.shutdown()
+        finally:
+            await gen.shutdown()
+        runs.append(summary_row(trace, args, fold, unfold, gen))
+        # The headline keys are those of the longest trace so far; `runs` has every length.
+        result = {**runs[-1], "trajectories": args.trajectories, "segment_tokens": args.segment_tokens,
+                  "summary_tokens": args.summary_tokens, "dtype": gen.dtype, "model": str(model),
+                  "temperature": gen_cfg.temperature, "runs": runs}
+        save(result)
+    return result
 
 
 async def real_rollouts(args, cfg) -> dict:
@@ -188,6 +177,26 @@ async def unfold_rollouts(gen, bases, trace) -> list[int]:
         return list(await asyncio.gather(*(one(i, b) for i, b in enumerate(bases))))
 
 
+def engine_limits(base: int, trace: int, args) -> dict:
+    """The generator settings of one trace length (prompts of at most `base` tokens). Its KV cache is sized for
+    this length's Fold: a cache sized for the longest trace would let Unfold hold more trajectories at once at
+    the shorter ones than the comparison intends."""
+    max_prompt = base + (trace // args.segment_tokens - 1) * (args.summary_tokens + 2)
+    max_model_len = base + trace + BLOCK
+    # vLLM refuses to start unless one whole Unfold trajectory fits (few trajectories, long traces).
+    kv_tokens = args.kv_tokens or max(args.trajectories * (max_prompt + args.segment_tokens + BLOCK), max_model_len)
+    return {"segment_tokens": args.segment_tokens, "max_prompt_tokens": max_prompt, "max_tokens": trace,
+            "max_model_len": max_model_len, "kv_cache_tokens": kv_tokens, "max_num_seqs": args.trajectories,
+            "max_concurrent": args.trajectories}
+
+
+async def warm_up(gen, bases) -> None:
+    """A few tokens for every trajectory before the clock starts: an engine's first batches run slower
+    (kernels and buffers set up on first use), and Fold, timed first, would pay for them."""
+    params = gen.sampling(None, 16, ignore_eos=True)
+    await asyncio.gather(*(gen.generate(list(b), params, f"bench-warm-{i}", 0) for i, b in enumerate(bases)))
+
+
 async def timed(gen, rollouts) -> dict:
     gen.stats.reset()
     start = time.perf_counter()
@@ -195,7 +204,7 @@ async def timed(gen, rollouts) -> dict:
     return {"seconds": time.perf_counter() - start, "peak": max(peaks), **gen.stats.as_dict()}
 
 
-def summary_row(trace, args, fold, unfold, kv_tokens) -> dict:
+def summary_row(trace, args, fold, unfold, gen) -> dict:
     tokens = args.trajectories * trace
     fold_tps, unfold_tps = tokens / fold["seconds"], tokens / unfold["seconds"]
     return {
@@ -203,7 +212,8 @@ def summary_row(trace, args, fold, unfold, kv_tokens) -> dict:
         "fold_tokens_per_s": round(fold_tps, 1), "unfold_tokens_per_s": round(unfold_tps, 1),
         "ratio": round(fold_tps / unfold_tps, 2),
         "fold_peak_context": fold["peak"], "unfold_peak_context": unfold["peak"],
-        "unfold_fits_at_once": kv_tokens // unfold["peak"],
+        "kv_tokens": gen.kv_tokens, "kv_block_tokens": gen.block_size, "fold_capacity": gen.fold_capacity,
+        "unfold_fits_at_once": gen.kv_tokens // unfold["peak"],
         "max_concurrent_fold": fold["max_running"], "max_concurrent_unfold": unfold["max_running"],
         "preemptions_fold": fold["preemptions"], "preemptions_unfold": unfold["preemptions"],
         "fold_seconds": round(fold["seconds"], 1), "unfold_seconds": round(unfold["seconds"], 1),
@@ -215,10 +225,10 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"Fold vs Unfold: {result['trajectories']} trajectories, {result['segment_tokens']}-token "
-                        f"segments, {result['summary_tokens']}-token summaries, KV {result['kv_tokens']} tokens")
-    columns = ["trace_tokens", "fold_tokens_per_s", "unfold_tokens_per_s", "ratio", "fold_peak_context",
-               "unfold_peak_context", "max_concurrent_fold", "max_concurrent_unfold", "preemptions_fold",
-               "preemptions_unfold"]
+                        f"segments, {result['summary_tokens']}-token summaries, KV cache sized for each length's Fold")
+    columns = ["trace_tokens", "kv_tokens", "fold_tokens_per_s", "unfold_tokens_per_s", "ratio", "fold_peak_context",
+               "unfold_peak_context", "unfold_fits_at_once", "max_concurrent_fold", "max_concurrent_unfold",
+               "preemptions_fold", "preemptions_unfold"]
     for c in columns:
         table.add_column(c.replace("_", " "), justify="right")
     for row in result["runs"]:
