@@ -7,11 +7,11 @@ Lengths are forced (`ignore_eos`, `max_tokens`) so an untrained model works: Fol
 every segment so far between step tags; Unfold generates the whole trace in one request. Each length
 gets an engine of its own whose KV budget defaults to what Fold needs at that length to hold every
 trajectory at its largest folded size, so Unfold (whose context grows to the whole trace) cannot hold
-them all. Fold is admitted by `Generator.admitted` (never more than fits); Unfold is left to vLLM's scheduler.
+them all. vLLM's scheduler runs both (Fold's preemptions are counted: with this cache, none).
 
 `--real-model DIR` adds a row of real rollouts: a trained model (the demo's last checkpoint) writing its own
-Fold and Unfold trajectories on the built-in task, sampled, with the config's generation limits (Fold admits
-as many as fit at `generator.max_prompt_tokens + segment_tokens` each) and `--real-kv-tokens` of cache.
+Fold and Unfold trajectories on the built-in task, sampled, with the config's generation limits and
+`--real-kv-tokens` of cache.
 """
 from __future__ import annotations
 
@@ -150,14 +150,13 @@ async def fold_rollouts(gen, bases, trace, segment, summary, tok) -> list[int]:
     bar = tqdm(total=len(bases) * trace, desc=f"fold   {trace}", unit="tok")
 
     async def one(i, base):
-        async with gen.admitted("fold"):
-            prompt, peak = list(base), 0
-            for k in range(trace // segment):
-                seg = await gen.generate(prompt, params, f"bench-fold-{trace}-{i}", k)
-                peak = max(peak, len(prompt) + len(seg.response_ids))
-                prompt = prompt + [open_id] + seg.response_ids[-summary:] + [close_id]
-                bar.update(len(seg.response_ids))
-            return peak
+        prompt, peak = list(base), 0
+        for k in range(trace // segment):
+            seg = await gen.generate(prompt, params, f"bench-fold-{trace}-{i}", k)
+            peak = max(peak, len(prompt) + len(seg.response_ids))
+            prompt = prompt + [open_id] + seg.response_ids[-summary:] + [close_id]
+            bar.update(len(seg.response_ids))
+        return peak
 
     with bar:
         return list(await asyncio.gather(*(one(i, b) for i, b in enumerate(bases))))
@@ -168,10 +167,9 @@ async def unfold_rollouts(gen, bases, trace) -> list[int]:
     bar = tqdm(total=len(bases) * trace, desc=f"unfold {trace}", unit="tok")  # counted per finished trajectory
 
     async def one(i, base):
-        async with gen.admitted("unfold"):
-            seg = await gen.generate(list(base), params, f"bench-unfold-{trace}-{i}", 0)
-            bar.update(len(seg.response_ids))
-            return len(base) + len(seg.response_ids)
+        seg = await gen.generate(list(base), params, f"bench-unfold-{trace}-{i}", 0)
+        bar.update(len(seg.response_ids))
+        return len(base) + len(seg.response_ids)
 
     with bar:
         return list(await asyncio.gather(*(one(i, b) for i, b in enumerate(bases))))
@@ -238,7 +236,7 @@ def print_table(result: dict) -> None:
 
 def print_real(real: dict) -> None:
     print(f"real rollouts of {real['model']}: {real['trajectories']} trajectories, {real['steps']} operations, "
-          f"KV {real['kv_tokens']} tokens (Fold admits {real['fold_capacity']} at once)")
+          f"KV {real['kv_tokens']} tokens ({real['fold_capacity']} Fold trajectories at their largest)")
     for mode in ("fold", "unfold"):
         r = real[mode]
         print(f"  {mode:6s} {r['tokens_per_s']:8.1f} tokens/s  peak context {r['peak_context']:5d}  "
