@@ -303,7 +303,7 @@ class Generator:
         """At most `max_concurrent` trajectories at once; which of their requests run is vLLM's scheduler's
         call in both modes (it preempts when the cache runs out). Fold is not admitted by the size its folded
         prompt may grow to: that reserved 1,536 tokens for each of the demo's trajectories, which peak at ~120,
-        and its real Fold rollouts ran at 1,082 tokens/s instead of 2,803, which preempted nothing either
+        and its real Fold rollouts ran at 1,082 tokens/s instead of 2,845, which preempted nothing either
         (`accordion bench fold --real-model`, an 8k-token cache)."""
         async with self._slots:
             return await (self._fold(request) if request.mode == "fold" else self._unfold(request))

@@ -1,4 +1,4 @@
-"""`accordion bench fold`: Fold vs Unfold generation throughput on one engine at one KV-cache budget.
+"""`accordion bench fold`: Fold vs Unfold generation throughput, each trace length on an engine of its own.
 
 At each trace length both modes generate the same number of trajectories and tokens per trajectory,
 back to back on the same `Generator` (same model, engine and KV blocks), after a short warm-up.
