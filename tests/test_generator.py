@@ -252,6 +252,22 @@ def test_keep_mode_freezes_running_segments_across_an_update_and_loads_the_weigh
         ray.get(keep.shutdown.remote())
 
 
+def test_fold_runs_as_many_trajectories_as_their_folded_prompts_fit_not_as_their_largest_would(actor, trained):
+    """A cache of 6 blocks holds 3 Fold trajectories at their largest (max_prompt_tokens + segment_tokens = 2
+    blocks each); the folded prompts of this task are far shorter, and more than 3 run at once."""
+    small = GeneratorActor.remote(str(trained[0]), CFG.model_copy(update={"kv_cache_tokens": 768}))
+    try:
+        kv_tokens = ray.get(small.start.remote())["kv_tokens"]
+        at_largest = kv_tokens // (-(-(CFG.max_prompt_tokens + CFG.segment_tokens) // 128) * 128)
+        trajs = ray.get(small.rollout.remote(requests("fold", tag="-a") + requests("fold", tag="-b")))
+        stats = ray.get(small.stats.remote())
+        assert (kv_tokens, at_largest) == (768, 3)
+        assert stats["max_running"] > at_largest, stats
+        assert sum(t.status == "answered" for t in trajs) >= 6, [t.reason for t in trajs]
+    finally:
+        ray.get(small.shutdown.remote())
+
+
 def test_kv_cache_is_the_size_the_memory_plan_predicts(actor, trained):
     from cluster.plan import make_plan
     from configs.schema import Config
