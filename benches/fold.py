@@ -87,9 +87,10 @@ async def run(args, cfg, save) -> dict:
     bases = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                      return_dict=False) + tok.encode("<think>", add_special_tokens=False)
              for q in questions]
+    longest_base = max(map(len, bases))
     runs, result = [], {}
     for trace in args.trace_tokens:
-        gen_cfg = GeneratorConfig(**{**cfg.generator.model_dump(), **engine_limits(max(map(len, bases)), trace, args)})
+        gen_cfg = GeneratorConfig(**{**cfg.generator.model_dump(), **engine_limits(longest_base, trace, args)})
         gen = Generator(model, gen_cfg, seed=0)
         try:
             await gen.start()
