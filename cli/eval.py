@@ -16,7 +16,8 @@ come from the config's `eval` and `generator` sections, or from `--protocol`, a 
 4,096 new tokens); explicit options override both. Max new tokens beyond `generator.max_model_len` are
 clamped to it, with a note. Prints a table and writes the cells, the protocol, the data, the precision and
 the machine to `--out` (with both modes: `final` in the shape of the main job's report; with several Fold
-budgets: `budgets`); `--mlflow` also logs them as one MLflow run beside `--out`.
+budgets: `budgets`), and every trajectory, scored, to `--out`'s name with `.traces.jsonl` (`accordion view` shows
+it); `--mlflow` also logs both as one MLflow run beside `--out`.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import Any
 from configs import add_config_arguments, config_from_args
 from evals.runner import PRESETS
 from tasks.benchmarks import SOURCES
+from tasks.files import write_jsonl
 
 DATA = ("builtin", *SOURCES)
 
@@ -173,8 +175,9 @@ def main(argv: list[str], prog: str) -> int:
         print(note)
     print(f"{describe(protocol)}, precision {engine_dtype(g.dtype)}", flush=True)
 
+    traces: list[dict] = []
     result = {"data": args.data, "model": args.model,
-              **asyncio.run(evaluate(args.model, cfg, questions[: protocol.questions], cells, protocol))}
+              **asyncio.run(evaluate(args.model, cfg, questions[: protocol.questions], cells, protocol, traces))}
     if set(args.modes) == {"unfold", "fold"}:
         from evals.metrics import by_mode
 
@@ -183,6 +186,7 @@ def main(argv: list[str], prog: str) -> int:
         result["budgets"] = {str(c.budget): result["cells"][c.name] for c in cells if c.mode == "fold"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
+    traces_path = write_jsonl(traces_file(args.out), traces)
 
     from evals.report import cells_table
     from rich.console import Console
@@ -191,24 +195,29 @@ def main(argv: list[str], prog: str) -> int:
              f"temperature {protocol.temperature}, top-p {protocol.top_p} ({result['precision']}, {result['cpu']})")
     # Piped into a log, rich would squeeze the table into 80 columns.
     Console(width=None if sys.stdout.isatty() else 140).print(cells_table(result["cells"], title))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and its trajectories {traces_path} (accordion view {traces_path})")
     if args.mlflow:
         from cluster.tracking import tracking_uri
 
         uri = tracking_uri(cfg.tracking.uri, args.out.parent)
-        run_id = log_run(result, args.out, uri, args.experiment or f"{cfg.tracking.experiment}-eval",
+        run_id = log_run(result, [args.out, traces_path], uri, args.experiment or f"{cfg.tracking.experiment}-eval",
                          cfg.tracking.run_name or f"eval {args.data}")
         print(f"MLflow run {run_id}; browse: mlflow ui --backend-store-uri {uri}")
     return 0
 
 
-async def evaluate(model: str, cfg, questions: list[dict], cells, protocol) -> dict:
+def traces_file(out: Path) -> Path:
+    """Where the trajectories of the results `out` go: `F.json` -> `F.traces.jsonl`."""
+    return out.with_name(f"{out.stem if out.suffix == '.json' else out.name}.traces.jsonl")
+
+
+async def evaluate(model: str, cfg, questions: list[dict], cells, protocol, traces: list[dict]) -> dict:
     from evals.runner import evaluate as run_cells
     from evals.runner import local_backend
     from models.precision import machine
 
     async with local_backend(model, cfg) as (rollout, check, generator):
-        cells_out = await run_cells(rollout, check, questions, cells, protocol)
+        cells_out = await run_cells(rollout, check, questions, cells, protocol, traces=traces)
         return {"precision": generator.dtype, "cpu": machine(), "protocol": protocol.as_dict(), "cells": cells_out}
 
 
@@ -225,13 +234,14 @@ def run_metrics(cells: dict[str, dict]) -> dict[str, float]:
     return out
 
 
-def log_run(result: dict, out: Path, uri: str, experiment: str, name: str) -> str:
-    """One finished MLflow run: params = the protocol, metrics per cell, the JSON as artifact."""
+def log_run(result: dict, files: list[Path], uri: str, experiment: str, name: str) -> str:
+    """One finished MLflow run: params = the protocol, metrics per cell, `files` as artifacts."""
     from cluster.tracking import Tracker
 
     tracker = Tracker(result["protocol"], uri, experiment, run_name=name)
     tracker.tags({k: result[k] for k in ("model", "data", "precision", "cpu")})
     tracker.log(run_metrics(result["cells"]), 0)
-    tracker.artifact(out)
+    for file in files:
+        tracker.artifact(file)
     tracker.close()
     return tracker.run_id

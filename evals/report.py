@@ -14,6 +14,8 @@ Accuracies are means over sampled trajectories (`protocol` says how many, at whi
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from rich.console import Console
@@ -24,31 +26,30 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The main job's targets, checked on what the report holds (a part that was not run is left out)."""
     out: dict[str, dict[str, Any]] = {}
 
-    def check(name: str, value: float, target: str, met: bool) -> None:
-        out[name] = {"value": round(value, 4), "target": target, "met": bool(met)}
+    def check(name: str, value: float, target: str, low: float = -math.inf, high: float = math.inf) -> None:
+        # Judged on the value as shown: 0.98 - 0.97 is 0.01000000000000001, a 1-point loss that must meet "<= 0.01".
+        shown = round(value, 4)
+        out[name] = {"value": shown, "target": target, "met": low <= shown <= high}
 
     if {"unfold_accuracy", "fold_accuracy"} <= set(report.get("sft", {})):
         sft = report["sft"]
-        check("sft_unfold_accuracy", sft["unfold_accuracy"], ">= 0.95", sft["unfold_accuracy"] >= 0.95)
-        check("sft_gap", sft["unfold_accuracy"] - sft["fold_accuracy"], ">= 0.30",
-              sft["unfold_accuracy"] - sft["fold_accuracy"] >= 0.30)
+        check("sft_unfold_accuracy", sft["unfold_accuracy"], ">= 0.95", low=0.95)
+        check("sft_gap", sft["unfold_accuracy"] - sft["fold_accuracy"], ">= 0.30", low=0.30)
     last = [e for e in report.get("rl_evals", []) if "fold_accuracy" in e][-2:]
     if len(last) == 2:
-        gap = max(abs(e["unfold_accuracy"] - e["fold_accuracy"]) for e in last)
-        check("rl_gap_last_two", gap, "<= 0.02", gap <= 0.02)
-        unfold = min(e["unfold_accuracy"] for e in last)
-        check("rl_unfold_last_two", unfold, ">= 0.95", unfold >= 0.95)
+        check("rl_gap_last_two", max(abs(e["unfold_accuracy"] - e["fold_accuracy"]) for e in last), "<= 0.02", high=0.02)
+        check("rl_unfold_last_two", min(e["unfold_accuracy"] for e in last), ">= 0.95", low=0.95)
     budgets = report.get("budgets", {})
     if "auto" in budgets and "100" in budgets:
         auto, full = budgets["auto"], budgets["100"]
-        share = auto["reasoning_tokens"] / max(full["reasoning_tokens"], 1e-9)
-        check("auto_tokens_vs_100", share, "<= 0.40", share <= 0.40)
-        loss = full["accuracy"] - auto["accuracy"]
-        check("auto_accuracy_loss", loss, "<= 0.01", loss <= 0.01)
+        check("auto_tokens_vs_100", auto["reasoning_tokens"] / max(full["reasoning_tokens"], 1e-9), "<= 0.40",
+              high=0.40)
+        check("auto_accuracy_loss", full["accuracy"] - auto["accuracy"], "<= 0.01", high=0.01)
     for key in ("20", "40", "60", "80"):
         if "ratio" in budgets.get(key, {}):
-            error = budgets[key]["ratio"] - int(key) / 100
-            check(f"ratio_{key}", budgets[key]["ratio"], f"{int(key) / 100:.2f} +- 0.10", abs(error) <= 0.10)
+            target = int(key) / 100
+            check(f"ratio_{key}", budgets[key]["ratio"], f"{target:.2f} +- 0.10", round(target - 0.1, 4),
+                  round(target + 0.1, 4))
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli import main as accordion
-from cli.eval import clamp_max_tokens, describe, main, run_metrics, sampling
+from cli.eval import clamp_max_tokens, describe, main, run_metrics, sampling, traces_file
 from configs.schema import Config, EvalConfig, GeneratorConfig, ModelConfig
 from evals.runner import PRESETS, Protocol, protocols
 
@@ -63,6 +63,11 @@ def test_the_protocol_stores_sampling_limits_preset_and_data():
     final = protocols(Config(eval=EvalConfig(questions=10, samples=3))).get("final").as_dict()
     assert final["questions"] == 10 and final["samples"] == 3 and final["data"] == "builtin"
     assert final["max_tokens"] == GeneratorConfig().max_tokens and final["preset"] is None
+
+
+def test_trajectories_go_beside_the_results_under_their_name():
+    assert traces_file(Path("runs/eval/final.json")) == Path("runs/eval/final.traces.jsonl")
+    assert traces_file(Path("final")) == Path("final.traces.jsonl")
 
 
 def test_cells_become_mlflow_metric_names():
@@ -146,4 +151,4 @@ def test_gsm8k_with_the_extra_cot_protocol_into_json_and_mlflow(tiny_model, tmp_
     for name, metrics in result["cells"].items():
         assert run.data.metrics[f"{name.replace('@', '_')}/accuracy"] == pytest.approx(metrics["accuracy"])
         assert run.data.metrics[f"{name.replace('@', '_')}/pass_at_k"] == pytest.approx(metrics["pass_at_k"])
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["gsm8k.json"]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["gsm8k.json", "gsm8k.traces.jsonl"]

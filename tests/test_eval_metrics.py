@@ -58,3 +58,13 @@ def test_targets_are_checked_on_what_the_report_holds():
     assert t["auto_tokens_vs_100"]["met"] and t["auto_accuracy_loss"]["met"]
     assert t["ratio_40"]["met"] and not t["ratio_20"]["met"]
     assert "ratio_60" not in t and targets({}) == {}
+
+
+def test_a_target_is_judged_on_the_value_as_shown_not_on_float_noise():
+    # 0.98 - 0.97 = 0.01000000000000001 and 0.6 - 0.1 = 0.49999999999999994: both sit exactly on their bound.
+    t = targets({"budgets": {"100": {"accuracy": 0.98, "reasoning_tokens": 100},
+                             "auto": {"accuracy": 0.97, "reasoning_tokens": 40},
+                             "60": {"ratio": 0.5, "accuracy": 0.9, "reasoning_tokens": 50},
+                             "40": {"ratio": 0.5001, "accuracy": 0.9, "reasoning_tokens": 50}}})
+    assert t["auto_accuracy_loss"] == {"value": 0.01, "target": "<= 0.01", "met": True}
+    assert t["ratio_60"]["met"] and not t["ratio_40"]["met"]

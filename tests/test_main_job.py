@@ -126,6 +126,10 @@ def test_ctrl_c_during_sft_and_rl_then_resume_to_the_report(tmp_path):
     assert set(result["cells"]) == {"unfold@40", "unfold@100", "fold@40", "fold@100"}
     assert result["protocol"]["samples"] == 2 and "ratio" in result["budgets"]["40"]
     assert "fold@40" in done.stdout
+    trajectories = read_records(tmp_path / "eval.traces.jsonl")  # 4 cells x 2 questions x (2 samples + greedy)
+    assert len(trajectories) == 24 and {(t["mode"], t["budget"]) for t in trajectories} == {
+        (m, b) for m in ("unfold", "fold") for b in (40, 100)}
+    assert all(isinstance(t["correct"], bool) and t["answer"] for t in trajectories)
 
 
 def state_checkpoint(run_dir: Path) -> str:
