@@ -288,7 +288,8 @@ class SFTConfig(Section):
     one whole Unfold sample; both are needed for both modes to work."""
     budgets: tuple[int, ...] = ()
     """Mixed-ratio SFT: each trace gets a budget drawn from these (20..100), compressed to that ratio
-    and tagged with its budget token. Empty: plain traces without budget tokens."""
+    and tagged with its budget token; a budget listed twice is drawn twice as often. Empty: plain traces
+    without budget tokens."""
     policy_fraction: float = Field(0.0, ge=0.0, le=1.0)
     """With `budgets`: fraction of traces in policy mode, whose prompt ends with `<COMP_AUTO>` and whose
     response starts with the drawn budget token, so `<COMP_AUTO>` has choices for RL to weigh."""

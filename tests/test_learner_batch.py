@@ -128,6 +128,13 @@ def test_trace_stream_depends_only_on_position(tokenizer):
     assert sorted(map(strip, first)) == sorted(map(strip, second)) and first != second
 
 
+def test_a_budget_listed_twice_is_drawn_twice_as_often(tokenizer):
+    stream = TraceStream(tokenizer, TaskConfig(train_size=50), SFTConfig(budgets=(40, 40, 100)))
+    asked = [tokenizer.decode(stream.sample(i)[0].prompt_ids) for i in range(600)]
+    forties = sum("<COMP_40>" in p for p in asked)
+    assert forties + sum("<COMP_100>" in p for p in asked) == 600 and 360 <= forties <= 440  # 400 +- 5 sigma
+
+
 def test_a_step_trace_file_trains_as_the_same_samples_with_its_budgets_and_holds_out_its_tail(tokenizer, tmp_path):
     from configs import ConfigError
     from tasks.files import write_jsonl
