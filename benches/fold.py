@@ -127,6 +127,7 @@ async def real_rollouts(args, cfg) -> dict:
               "kv_tokens_requested": args.real_kv_tokens,
               "steps": f"{cfg.task.min_steps}-{cfg.task.max_steps}", "temperature": gen_cfg.temperature,
               "segment_tokens": gen_cfg.segment_tokens, "max_prompt_tokens": gen_cfg.max_prompt_tokens}
+
     def requests(mode: str, tag: str = "") -> list[RolloutRequest]:
         return [RolloutRequest(id=f"real{tag}-{mode}-{i}", question=q, mode=mode, budget=cfg.eval.budget)
                 for i, q in enumerate(questions)]
@@ -245,7 +246,8 @@ def print_table(result: dict) -> None:
 
 def print_real(real: dict) -> None:
     print(f"real rollouts of {real['model']}: {real['trajectories']} trajectories x {real['passes']} passes, "
-          f"{real['steps']} operations, KV {real['kv_tokens']} tokens ({real['fold_capacity']} Fold trajectories at their largest)")
+          f"{real['steps']} operations, KV {real['kv_tokens']} tokens ({real['fold_capacity']} Fold trajectories at "
+          "their largest)")
     for mode in ("fold", "unfold"):
         r = real[mode]
         print(f"  {mode:6s} {r['tokens_per_s']:8.1f} tokens/s  peak context {r['peak_context']:5d}  "

@@ -37,7 +37,8 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         check("sft_gap", sft["unfold_accuracy"] - sft["fold_accuracy"], ">= 0.30", low=0.30)
     last = [e for e in report.get("rl_evals", []) if "fold_accuracy" in e][-2:]
     if len(last) == 2:
-        check("rl_gap_last_two", max(abs(e["unfold_accuracy"] - e["fold_accuracy"]) for e in last), "<= 0.02", high=0.02)
+        gap = max(abs(e["unfold_accuracy"] - e["fold_accuracy"]) for e in last)
+        check("rl_gap_last_two", gap, "<= 0.02", high=0.02)
         check("rl_unfold_last_two", min(e["unfold_accuracy"] for e in last), ">= 0.95", low=0.95)
     budgets = report.get("budgets", {})
     if "auto" in budgets and "100" in budgets:
