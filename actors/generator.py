@@ -275,11 +275,12 @@ class Generator:
         )
         config = args.create_engine_config()
         cache = config.cache_config
+        # vLLM holds one block back (its null block): the setting and `kv_tokens` count the blocks requests can use.
         if self.cfg.kv_cache_tokens:  # blocks are 128 tokens on CPU, 16 on GPU: known only now
-            cache.num_gpu_blocks_override = -(-self.cfg.kv_cache_tokens // cache.block_size)
+            cache.num_gpu_blocks_override = -(-self.cfg.kv_cache_tokens // cache.block_size) + 1
         self.engine = AsyncLLM.from_vllm_config(config, stat_loggers=[self.stats.logger_factory()])
         self.block_size = cache.block_size
-        self.kv_tokens = cache.num_gpu_blocks * cache.block_size
+        self.kv_tokens = (cache.num_gpu_blocks - 1) * cache.block_size
 
     @property
     def fold_capacity(self) -> int:

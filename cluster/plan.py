@@ -200,7 +200,7 @@ def make_plan(cfg: Config) -> Plan:
     on_gpu = c.learner_gpus > 0 or c.generator_gpus > 0
     block = GPU_BLOCK_TOKENS if c.generator_gpus > 0 else CPU_BLOCK_TOKENS
     kv_per_token = 2 * arch.layers * arch.kv_heads * arch.head_dim * engine_bytes
-    kv_tokens = (g.kv_cache_gib * GIB) // (kv_per_token * block) * block
+    kv_tokens = ((g.kv_cache_gib * GIB) // (kv_per_token * block) - 1) * block  # vLLM holds one block back
     fold, unfold = modes(cfg, kv_tokens, block)
 
     states, host = model_states(cfg, arch)

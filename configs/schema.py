@@ -171,7 +171,8 @@ class GeneratorConfig(Section):
     """KV-cache memory of one engine in GiB (CPU: VLLM_CPU_KVCACHE_SPACE; GPU: vLLM's
     `kv_cache_memory_bytes`, so the memory plan holds whatever else shares the GPU)."""
     kv_cache_tokens: int | None = Field(None, ge=16)
-    """Fixes the KV cache to this many tokens (rounded up to whole blocks) instead of sizing it from memory."""
+    """Fixes the KV cache to this many tokens that requests can use (rounded up to whole blocks; the block vLLM
+    holds back comes on top) instead of sizing it from memory."""
     max_num_seqs: int = Field(256, ge=1, le=4096)
     """Engine: most sequences decoded in one batch."""
     max_concurrent: int = Field(256, ge=1, le=65536)
