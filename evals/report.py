@@ -15,7 +15,6 @@ Accuracies are means over sampled trajectories (`protocol` says how many, at whi
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 from rich.console import Console
@@ -26,31 +25,34 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The main job's targets, checked on what the report holds (a part that was not run is left out)."""
     out: dict[str, dict[str, Any]] = {}
 
-    def check(name: str, value: float, target: str, low: float = -math.inf, high: float = math.inf) -> None:
+    def check(name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
         # Judged on the value as shown: 0.98 - 0.97 is 0.01000000000000001, a 1-point loss that must meet "<= 0.01".
         shown = round(value, 4)
+        if math.isinf(low):
+            target = f"<= {high:.2f}"
+        elif math.isinf(high):
+            target = f">= {low:.2f}"
+        else:
+            target = f"{(low + high) / 2:.2f} +- {(high - low) / 2:.2f}"
         out[name] = {"value": shown, "target": target, "met": low <= shown <= high}
 
     if {"unfold_accuracy", "fold_accuracy"} <= set(report.get("sft", {})):
         sft = report["sft"]
-        check("sft_unfold_accuracy", sft["unfold_accuracy"], ">= 0.95", low=0.95)
-        check("sft_gap", sft["unfold_accuracy"] - sft["fold_accuracy"], ">= 0.30", low=0.30)
+        check("sft_unfold_accuracy", sft["unfold_accuracy"], low=0.95)
+        check("sft_gap", sft["unfold_accuracy"] - sft["fold_accuracy"], low=0.30)
     last = [e for e in report.get("rl_evals", []) if "fold_accuracy" in e][-2:]
     if len(last) == 2:
-        gap = max(abs(e["unfold_accuracy"] - e["fold_accuracy"]) for e in last)
-        check("rl_gap_last_two", gap, "<= 0.02", high=0.02)
-        check("rl_unfold_last_two", min(e["unfold_accuracy"] for e in last), ">= 0.95", low=0.95)
+        check("rl_gap_last_two", max(abs(e["unfold_accuracy"] - e["fold_accuracy"]) for e in last), high=0.02)
+        check("rl_unfold_last_two", min(e["unfold_accuracy"] for e in last), low=0.95)
     budgets = report.get("budgets", {})
     if "auto" in budgets and "100" in budgets:
         auto, full = budgets["auto"], budgets["100"]
-        check("auto_tokens_vs_100", auto["reasoning_tokens"] / max(full["reasoning_tokens"], 1e-9), "<= 0.40",
-              high=0.40)
-        check("auto_accuracy_loss", full["accuracy"] - auto["accuracy"], "<= 0.01", high=0.01)
+        check("auto_tokens_vs_100", auto["reasoning_tokens"] / max(full["reasoning_tokens"], 1e-9), high=0.40)
+        check("auto_accuracy_loss", full["accuracy"] - auto["accuracy"], high=0.01)
     for key in ("20", "40", "60", "80"):
         if "ratio" in budgets.get(key, {}):
             target = int(key) / 100
-            check(f"ratio_{key}", budgets[key]["ratio"], f"{target:.2f} +- 0.10", round(target - 0.1, 4),
-                  round(target + 0.1, 4))
+            check(f"ratio_{key}", budgets[key]["ratio"], round(target - 0.1, 4), round(target + 0.1, 4))
     return out
 
 
