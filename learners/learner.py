@@ -31,6 +31,27 @@ STATE_FILE = "training_state.json"
 OPTIMIZER_DIR = "optimizer"
 Loss = Literal["policy", "sft"]
 log = logging.getLogger(__name__)
+STALE_BUILD_LOCK_S = 300  # building DeepSpeed's shared-memory op took ~20 s on 2 cores
+
+
+def clear_stale_build_lock(extension: str = "deepspeed_shm_comm", older_than_s: float = STALE_BUILD_LOCK_S) -> bool:
+    """Removes torch's build lock of `extension` when older than `older_than_s`; True if it did.
+
+    DeepSpeed JIT-builds its CPU shared-memory op when a rank starts in a new environment, under a lock
+    file that only the builder removes: a job stopped while it built left the lock, and every later start
+    waited on it silently, forever."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(extension, verbose=False)) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age <= older_than_s:
+        return False
+    log.warning("removing %s, left %.0f s ago by a build of %s that did not finish", lock, age, extension)
+    lock.unlink(missing_ok=True)
+    return True
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,6 +100,7 @@ class Learner:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        clear_stale_build_lock()
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
                                    auto_mpi_discovery=False, verbose=False)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size

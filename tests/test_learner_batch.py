@@ -1,3 +1,6 @@
+import os
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -5,7 +8,7 @@ from transformers import AutoTokenizer
 
 from configs.schema import ModelConfig, OptimConfig, SFTConfig, TaskConfig
 from learners.batch import BatchError, Sample, as_samples, collate, split_by_tokens, validate
-from learners.learner import lr_factor
+from learners.learner import clear_stale_build_lock, lr_factor
 from learners.sft import TraceStream, trace_samples
 from models.build import build_tiny_model
 from tasks.arithmetic import gold_trace, lax_steps, problems
@@ -21,6 +24,16 @@ def test_split_covers_every_sample_once_and_ranks_run_equal_micro_batch_counts(l
         for micro in rank:
             if len(micro) > 1:
                 assert len(micro) * max(lengths[i] for i in micro) <= budget
+
+
+def test_a_build_lock_left_by_a_stopped_job_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert not clear_stale_build_lock("op")
+    lock = tmp_path / "op" / "lock"
+    lock.touch()  # a build under way
+    assert not clear_stale_build_lock("op", older_than_s=60) and lock.exists()
+    os.utime(lock, (time.time() - 61, time.time() - 61))  # its builder was stopped a minute ago
+    assert clear_stale_build_lock("op", older_than_s=60) and not lock.exists()
 
 
 def test_split_balances_tokens_not_counts():
