@@ -28,9 +28,12 @@ What is counted: per optimizer step, the wall time from the start of the step (w
 included) to the end of its update and weight sync: ours' `perf/step_s` (MLflow), TRL's time between
 `on_step_begin` and `on_step_end`. Model loading, engine start, logging between steps, checkpoints and
 evaluations are not. Trained samples per step = prompts x samples (the batch each update consumes; a
-truncated trajectory masked out of the loss still counts, in both arms). Generated tokens = every token
-sampled during those steps (ours: also groups set aside by `rl.skip_uniform_groups` and rollouts started
-ahead by async generation).
+truncated trajectory masked out of the loss still counts, in both arms); of them, those that teach: the
+samples of groups whose rewards are not all equal (the others have zero advantage). Ours sets uniform
+groups aside and generates others in their place (`rl.skip_uniform_groups`), TRL trains on them: near the
+task's ceiling most of TRL's groups are all correct. `rl.skip_uniform_groups=false` makes ours train
+them too (the job to the letter). Generated tokens = every token sampled during those steps (ours: also
+groups set aside and rollouts started ahead by async generation).
 
 Then both final models (and the starting model) are evaluated, side by side, with `accordion eval`
 (`evals.runner`): the same held-out questions, `--eval-samples` samples each at `eval.temperature` in Unfold
@@ -103,9 +106,12 @@ def main(argv: list[str], prog: str = "accordion bench trl") -> int:
 # ------------------------------------------------------------------------------------------ the job
 def job_overrides(budget: int | str | None, steps: int) -> list[str]:
     """What makes any config this benchmark's job: Unfold, the plain Accordion reward, one budget token
-    for every group (the evaluation's), `steps` steps. Applied after the user's overrides."""
+    for every group (the evaluation's), `steps` steps of one optimizer step each (the demo's
+    `learner.ppo_epochs: 2` would double ours' training against TRL's one pass: TRL's `num_iterations`
+    counts its reuse passes as steps). Applied after the user's overrides."""
     budgets = "[]" if budget is None else f"[{budget}]"
-    return ["rl.mode=unfold", "reward.name=accordion", f"rl.budgets={budgets}", f"rl.steps={steps}"]
+    return ["rl.mode=unfold", "reward.name=accordion", f"rl.budgets={budgets}", f"rl.steps={steps}",
+            "learner.ppo_epochs=1"]
 
 
 def job_config(config: str | None, overrides: Sequence[str], steps: int):
@@ -214,13 +220,18 @@ def reward_items(tokenizer, completion_ids: Sequence[Sequence[int]], questions: 
 
 
 # ------------------------------------------------------------------------------------------ figures
-def arm_figures(step_s: Sequence[float], samples_per_step: int, tokens: Sequence[float]) -> dict[str, Any]:
-    """Trained samples/s, generated tokens/s and wall per step over the timed steps; `steady_*` without the
-    first step (no overlap yet in async mode, first-call costs), when there are at least 3 steps."""
+def arm_figures(step_s: Sequence[float], samples_per_step: int, tokens: Sequence[float],
+                informative: Sequence[float]) -> dict[str, Any]:
+    """Trained samples/s, of them those in groups that teach (`informative`: per step, those whose group's
+    rewards are not all equal; the others have zero advantage), generated tokens/s and wall per step over
+    the timed steps; `steady_*` without the first step (no overlap yet in async mode, first-call costs),
+    when there are at least 3 steps."""
     total = sum(step_s)
     out = {"steps": len(step_s), "samples_per_s": len(step_s) * samples_per_step / total,
+           "informative_samples_per_s": sum(informative) / total,
            "tokens_per_s": sum(tokens) / total, "step_s": total / len(step_s),
-           "step_s_each": [round(s, 3) for s in step_s], "tokens_each": [round(t) for t in tokens]}
+           "step_s_each": [round(s, 3) for s in step_s], "tokens_each": [round(t) for t in tokens],
+           "informative_each": [round(n) for n in informative]}
     if len(step_s) >= 3:
         out["steady_samples_per_s"] = (len(step_s) - 1) * samples_per_step / sum(step_s[1:])
     return out
@@ -238,6 +249,10 @@ def assemble(ours: dict, trl: dict, accuracy: dict[str, float | None], job: dict
     result: dict[str, Any] = {
         "ours_samples_per_s": ours["samples_per_s"], "trl_samples_per_s": trl["samples_per_s"],
         "ratio": ours["samples_per_s"] / trl["samples_per_s"],
+        "ours_informative_samples_per_s": ours["informative_samples_per_s"],
+        "trl_informative_samples_per_s": trl["informative_samples_per_s"],
+        "informative_ratio": ours["informative_samples_per_s"] / trl["informative_samples_per_s"]
+        if trl["informative_samples_per_s"] else None,
         "ours_tokens_per_s": ours["tokens_per_s"], "trl_tokens_per_s": trl["tokens_per_s"],
         "tokens_ratio": ours["tokens_per_s"] / trl["tokens_per_s"] if trl["tokens_per_s"] else None,
         "ours_step_s": ours["step_s"], "trl_step_s": trl["step_s"],
@@ -261,6 +276,8 @@ def figures(result: dict) -> list[dict]:
     p = result["protocol"]
     rows = [figure(f"trained samples/s, accordion train vs TRL GRPOTrainer ({result['trl_generation']}), {job}",
                    result["ours_samples_per_s"], result["trl_samples_per_s"], f">= {TARGET_RATIO:g}x"),
+            figure("trained samples/s in groups that teach (rewards not all equal), same runs",
+                   result["ours_informative_samples_per_s"], result["trl_informative_samples_per_s"]),
             figure("generated tokens/s, same runs", result["ours_tokens_per_s"], result["trl_tokens_per_s"])]
     if result["ours_accuracy"] is not None and result["trl_accuracy"] is not None:
         rows.append(figure(f"held-out accuracy after the same steps ({p['questions']} x {p['samples']} at "
@@ -277,7 +294,7 @@ def print_table(result: dict) -> None:
                         f"generation): {job['steps']} steps x {job['prompts_per_step']} prompts x "
                         f"{job['samples_per_prompt']} samples, Unfold, {result['precision']} "
                         f"({result['cpu']})")
-    for column in ("", "trained samples/s", "generated tokens/s", "wall per step (s)",
+    for column in ("", "trained samples/s", "of them teaching", "generated tokens/s", "wall per step (s)",
                    f"held-out accuracy ({p['questions']} x {p['samples']} at T={p['temperature']})"):
         table.add_column(column, justify="right" if column else "left")
 
@@ -285,15 +302,14 @@ def print_table(result: dict) -> None:
         value = result[f"{key}_accuracy"]
         return "-" if value is None else f"{value:.1%} ± {result['accuracy_stderr'][key]:.1%}"
 
-    table.add_row("accordion-rl", f"{result['ours_samples_per_s']:.2f}", f"{result['ours_tokens_per_s']:,.0f}",
-                  f"{result['ours_step_s']:.2f}", acc("ours"))
-    table.add_row("TRL", f"{result['trl_samples_per_s']:.2f}", f"{result['trl_tokens_per_s']:,.0f}",
-                  f"{result['trl_step_s']:.2f}", acc("trl"))
-    tokens = result["tokens_ratio"]
-    table.add_row("ratio", f"{result['ratio']:.2f}x", "-" if tokens is None else f"{tokens:.2f}x",
+    for arm, name in (("ours", "accordion-rl"), ("trl", "TRL")):
+        table.add_row(name, f"{result[f'{arm}_samples_per_s']:.2f}", f"{result[f'{arm}_informative_samples_per_s']:.2f}",
+                      f"{result[f'{arm}_tokens_per_s']:,.0f}", f"{result[f'{arm}_step_s']:.2f}", acc(arm))
+    ratio = lambda key: "-" if result[key] is None else f"{result[key]:.2f}x"  # noqa: E731
+    table.add_row("ratio", ratio("ratio"), ratio("informative_ratio"), ratio("tokens_ratio"),
                   f"{result['trl_step_s'] / result['ours_step_s']:.2f}x faster", "")
     if result.get("start_accuracy") is not None:
-        table.add_row("starting model", "", "", "", acc("start"))
+        table.add_row("starting model", "", "", "", "", acc("start"))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     if result.get("trl_generation_note"):
         print(f"TRL generation: {result['trl_generation_note']}")
@@ -428,11 +444,13 @@ def ours_arm(config: str | None, overrides: list[str], steps: int, samples_per_s
     if run_logged(argv, log, timeout_s, "accordion-rl arm"):
         raise RuntimeError(f"accordion train failed: {failure_reason(log.read_text())}")
     wall = time.perf_counter() - start
-    history = mlflow_history(run_dir, ("perf/step_s", "perf/generated_tokens_per_s", "rollout/accuracy"))
+    history = mlflow_history(run_dir, ("perf/step_s", "perf/generated_tokens_per_s", "rollout/accuracy",
+                                       "reward/uniform_groups"))
     step_s = history["perf/step_s"]
     tokens = [s * t for s, t in zip(step_s, history["perf/generated_tokens_per_s"])]
+    informative = [samples_per_step * (1 - u) for u in history["reward/uniform_groups"]]
     report = json.loads((run_dir / "report.json").read_text())
-    return {**arm_figures(step_s, samples_per_step, tokens), "rollout_accuracy_each": [round(a, 4) for a in history["rollout/accuracy"]],
+    return {**arm_figures(step_s, samples_per_step, tokens, informative), "rollout_accuracy_each": [round(a, 4) for a in history["rollout/accuracy"]],
             "process_s": wall, "precision": report.get("precision"), "generator_dtype": report.get("generator_dtype"),
             "model": str(run_dir / "checkpoints" / f"step_{steps}")}
 
@@ -514,6 +532,7 @@ def trl_arm(spec: dict) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from cluster.rollouts import informative
     from learners.learner import lr_factor
     from rewards.scorer import Scorer
 
@@ -537,10 +556,14 @@ def trl_arm(spec: dict) -> dict[str, Any]:
     def accordion_correct(prompts, completions, completion_ids, question, answer, trainer_state=None, **_):
         scored = scorer.score(reward_items(tokenizer, completion_ids, question, answer, budget, eos_ids))
         step = trainer_state.global_step if trainer_state is not None else -1
-        entry = per_step.setdefault(step, {"tokens": 0, "trajectories": 0, "correct": 0})
+        entry = per_step.setdefault(step, {"tokens": 0, "trajectories": 0, "correct": 0, "informative": 0})
         entry["tokens"] += sum(len(ids) for ids in completion_ids)
         entry["trajectories"] += len(scored)
         entry["correct"] += sum(s["correct"] for s in scored)
+        groups: dict[str, list[dict]] = {}  # TRL's batch holds each prompt's `num_generations` completions
+        for q, s in zip(question, scored):
+            groups.setdefault(q, []).append(s)
+        entry["informative"] += sum(len(g) for g in groups.values() if informative(g))
         return [float(s["reward"]) for s in scored]
 
     class StepTimer(TrainerCallback):
@@ -578,7 +601,7 @@ def trl_arm(spec: dict) -> dict[str, Any]:
     if len(steps) != len(timer.seconds):
         raise RuntimeError(f"{len(timer.seconds)} timed steps but rewards for {len(steps)} generation batches")
     figures = arm_figures(timer.seconds, rl.prompts_per_step * rl.samples_per_prompt,
-                          [per_step[s]["tokens"] for s in steps])
+                          [per_step[s]["tokens"] for s in steps], [per_step[s]["informative"] for s in steps])
     return {**figures, "generation": generation, "trl_version": trl.__version__,
             "rollout_accuracy_each": [round(per_step[s]["correct"] / per_step[s]["trajectories"], 4) for s in steps],
             "setup_s": setup_s, "train_s": train_s, "precision": precision, "threads": torch.get_num_threads(),

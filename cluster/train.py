@@ -381,6 +381,8 @@ def tied_choice_warning(cfg: Config, model: str | Path, tied: bool) -> str | Non
 
 def rollout_metrics(batch: list[Group], version: int) -> dict[str, float]:
     """Per-step rollout metrics, grouped the way the MLflow UI sections them."""
+    from cluster.rollouts import informative
+
     scored = [s for g in batch for s in g.rewards]
     trajectories = [t for g in batch for t in g.trajectories]
     n = len(trajectories)
@@ -390,6 +392,8 @@ def rollout_metrics(batch: list[Group], version: int) -> dict[str, float]:
         "reward/mean": mean,
         "reward/std": (sum((r - mean) ** 2 for r in rewards) / n) ** 0.5,
         "rollout/accuracy": sum(s["correct"] for s in scored) / n,
+        # Groups with zero advantage throughout: nothing is learnt from them (`rl.skip_uniform_groups`).
+        "reward/uniform_groups": sum(not informative(g.rewards) for g in batch) / len(batch),
         "rollout/tokens_per_trajectory": sum(t.generated_tokens for t in trajectories) / n,
         "rollout/peak_context": sum(t.peak_context for t in trajectories) / n,
         "rollout/unfold_context": sum(t.unfold_context for t in trajectories) / n,

@@ -30,7 +30,9 @@ def test_the_job_is_unfold_with_the_plain_reward_and_the_evaluation_budget():
     cfg, overrides = job_config(str(LOCAL), ["rl.mode=fold", "rl.prompts_per_step=4"], steps=3)
     assert (cfg.rl.mode, cfg.reward.name, cfg.rl.budgets, cfg.rl.steps) == ("unfold", "accordion", (100,), 3)
     assert cfg.rl.prompts_per_step == 4 and overrides[:2] == ["rl.mode=fold", "rl.prompts_per_step=4"]
-    assert job_overrides(None, 5) == ["rl.mode=unfold", "reward.name=accordion", "rl.budgets=[]", "rl.steps=5"]
+    assert job_overrides(None, 5) == ["rl.mode=unfold", "reward.name=accordion", "rl.budgets=[]", "rl.steps=5",
+                                      "learner.ppo_epochs=1"]
+    assert cfg.learner.ppo_epochs == 1  # the demo's 2 passes: one optimizer step per batch, as TRL's
     assert "eval.every=0" in QUIET_EVAL
 
 
@@ -98,16 +100,18 @@ def test_the_reward_is_our_answer_check(tokenizer):
 
 
 def test_figures_ratio_and_json():
-    ours = arm_figures([2.0, 1.0, 1.0], 64, [1000, 500, 500])
+    ours = arm_figures([2.0, 1.0, 1.0], 64, [1000, 500, 500], [64, 64, 32])
     assert ours["samples_per_s"] == pytest.approx(48.0) and ours["tokens_per_s"] == pytest.approx(500.0)
     assert ours["step_s"] == pytest.approx(4 / 3) and ours["steady_samples_per_s"] == pytest.approx(64.0)
-    trl = arm_figures([8.0, 8.0], 64, [1000, 1000])
+    assert ours["informative_samples_per_s"] == pytest.approx(40.0)
+    trl = arm_figures([8.0, 8.0], 64, [1000, 1000], [16, 0])
     assert "steady_samples_per_s" not in trl and trl["samples_per_s"] == pytest.approx(8.0)
     protocol = {"questions": 64, "samples": 4, "temperature": 1.0}
     job = {"steps": 3, "prompts_per_step": 8, "samples_per_prompt": 8}
     result = assemble(ours, trl, {"ours": 0.75, "trl": 0.7, "start": 0.6}, job,
                       {"trl_generation": "transformers", "precision": "fp32", "protocol": protocol})
     assert result["ratio"] == pytest.approx(6.0) and result["tokens_ratio"] == pytest.approx(500 / 125)
+    assert result["informative_ratio"] == pytest.approx(40.0 / 1.0)
     for key in ("ours_samples_per_s", "trl_samples_per_s", "ratio", "ours_accuracy", "trl_accuracy", "trl_generation"):
         assert key in result
     assert result["targets"] == {"ratio_at_least_3x": True, "accuracy_no_worse": True}
@@ -116,7 +120,7 @@ def test_figures_ratio_and_json():
     worse = assemble(trl, ours, {"ours": 0.5, "trl": 0.7}, job, {"protocol": protocol})
     assert worse["targets"] == {"ratio_at_least_3x": False, "accuracy_no_worse": False}
     rows = figures(result)
-    assert [r["ratio"] for r in rows] == pytest.approx([6.0, 4.0, 0.75 / 0.7])
+    assert [r["ratio"] for r in rows] == pytest.approx([6.0, 40.0, 4.0, 0.75 / 0.7])
 
 
 def test_failure_reason_is_the_last_exception_line():
@@ -149,7 +153,8 @@ def test_tiny_benchmark_end_to_end(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    for key in ("ours_samples_per_s", "trl_samples_per_s", "ratio", "ours_accuracy", "trl_accuracy"):
+    for key in ("ours_samples_per_s", "trl_samples_per_s", "ratio", "ours_accuracy", "trl_accuracy",
+                "ours_informative_samples_per_s", "trl_informative_samples_per_s"):
         assert isinstance(result[key], float), key
     assert result["trl_generation"] == "transformers" and result["precision"] == "fp32"
     assert result["ours"]["steps"] == result["trl"]["steps"] == 2 and result["samples_per_step"] == 4

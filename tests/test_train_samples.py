@@ -51,3 +51,14 @@ def test_a_group_is_informative_when_rewards_or_control_rewards_differ():
     assert not informative([scored(1.0, None), scored(1.0, None)])
     assert informative([scored(1.0, None), scored(0.0, None)])
     assert informative([scored(1.0, 1.2), scored(1.0, 1.0)])  # same answer, different budget choices
+
+
+def test_the_share_of_groups_nothing_is_learnt_from_is_logged():
+    from cluster.train import rollout_metrics
+
+    def group(index, *rewards):
+        return Group(index, 0, [trajectory(f"{index}{k}", [2]) for k in range(len(rewards))],
+                     [{**scored(r, None), "correct": r > 0} for r in rewards])
+
+    uniform, mixed = group(0, 1.0, 1.0), group(1, 1.0, 0.0)
+    assert rollout_metrics([uniform, mixed, mixed], version=1)["reward/uniform_groups"] == 1 / 3
