@@ -178,16 +178,17 @@ async def modes(rollout: Rollout, check: Check, records: Sequence[dict], budget:
 
 
 async def budget_sweep(rollout: Rollout, check: Check, records: Sequence[dict], budgets: Sequence[int | str],
-                       protocol: Protocol) -> dict[str, dict]:
+                       protocol: Protocol, traces: list[dict] | None = None) -> dict[str, dict]:
     """Fold mode at each budget token (and `<COMP_100>`, the reference of r-hat), keyed by budget."""
     wanted = list(dict.fromkeys([*budgets, 100]))
-    results = await evaluate(rollout, check, records, [Cell("fold", b) for b in wanted], protocol, "budgets")
+    results = await evaluate(rollout, check, records, [Cell("fold", b) for b in wanted], protocol, "budgets", traces)
     return {str(b): results[Cell("fold", b).name] for b in wanted}
 
 
 async def final_suite(rollout: Rollout, check: Check, cfg: Config, traces: list[dict] | None = None) -> dict[str, Any]:
     """The end-of-job evaluation: `final` (both modes), `budgets` (with `eval.budgets`) and `harder`
-    (with `eval.harder_steps`), plus the protocol of each part. `traces` gets the trajectories of `final`."""
+    (with `eval.harder_steps`), plus the protocol of each part. `traces` gets the trajectories of `final`
+    and of the budget sweep (where the policy's choices and slips are read)."""
     from tasks.dataset import records
 
     e = cfg.eval
@@ -197,7 +198,7 @@ async def final_suite(rollout: Rollout, check: Check, cfg: Config, traces: list[
                                                       traces)}
     used = {"final": proto["final"].as_dict()}
     if e.budgets:
-        out["budgets"] = await budget_sweep(rollout, check, held_out, e.budgets, proto["budgets"])
+        out["budgets"] = await budget_sweep(rollout, check, held_out, e.budgets, proto["budgets"], traces)
         used["budgets"] = proto["budgets"].as_dict()
     if e.harder_steps:
         low, high = e.harder_steps

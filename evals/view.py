@@ -43,7 +43,7 @@ def render_view(records: list[dict[str, Any]], title: str) -> str:
     budgets = sorted((k for k in keys if k.isdigit()), key=int) + sorted(k for k in keys if not k.isdigit())
     return _ENV.get_template("view.html.j2").render(
         title=title, groups=_groups(cards), budgets=budgets, total=len(cards),
-        questions=len({c["question"] for c in cards}), accuracy=[_accuracy(cards, mode) for mode in MODES],
+        questions=len({c["question"] for c in cards}), accuracy=_accuracies(cards, budgets),
         unknown=any(c["correct"] is None for c in cards))
 
 
@@ -93,9 +93,16 @@ def _groups(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for question, modes in by_question.items()]
 
 
-def _accuracy(cards: list[dict[str, Any]], mode: str) -> dict[str, Any]:
-    """Trajectory count and accuracy of one mode, over the sampled ones whose correctness is known (the
+def _accuracies(cards: list[dict[str, Any]], budgets: list[str]) -> list[dict[str, Any]]:
+    """Trajectory count and accuracy of each mode, and of each budget where a mode has several (a budget
+    sweep: one figure over them would mean nothing), over the sampled ones whose correctness is known (the
     report's accuracy: greedy trajectories are shown, not counted)."""
-    known = [c["correct"] for c in cards if c["mode"] == mode and c["correct"] is not None and not c["greedy"]]
-    return {"mode": mode, "count": sum(c["mode"] == mode for c in cards), "known": len(known),
-            "accuracy": sum(known) / len(known) if known else None}
+    out = []
+    for mode in MODES:
+        keys = [k for k in budgets if any(c["mode"] == mode and c["budget_key"] == k for c in cards)]
+        for key in keys if len(keys) > 1 else [None]:
+            of = [c for c in cards if c["mode"] == mode and key in (None, c["budget_key"])]
+            known = [c["correct"] for c in of if c["correct"] is not None and not c["greedy"]]
+            out.append({"label": ("Fold" if mode == "fold" else "Unfold") + ("" if key is None else f", budget {key}"),
+                        "count": len(of), "known": len(known), "accuracy": sum(known) / len(known) if known else None})
+    return out

@@ -108,6 +108,7 @@ def test_ctrl_c_during_sft_and_rl_then_resume_to_the_report(tmp_path):
     # What a user looks at: the last evaluation's trajectories, their viewer and the plots, also in MLflow.
     traces = read_records(run_dir / "evals" / "step_3.jsonl")
     assert {t["mode"] for t in traces} == {"fold", "unfold"} and {t["step"] for t in traces} == {3}
+    assert {t["budget"] for t in traces if t["mode"] == "fold"} == {40, "auto", 100}  # the budget sweep's too
     assert all(t["source"] == "rollout" and t["reward"] is not None for t in read_records(run_dir / "samples" / "step_3.jsonl"))
     assert traces[0]["question"] in (run_dir / "view.html").read_text()
     assert {"gap.png", "budgets.png", "rewards.png"} <= {p.name for p in (run_dir / "plots").glob("*.png")}

@@ -100,9 +100,13 @@ def test_the_page_shows_summaries_folded_reasoning_and_every_header_fact():
     # Segment 1 of f1 went on under version 4: marked in the header and on its step.
     assert html.count('title="a weight update interrupted segment 1">v3→4') == 2
     assert "5</b> trajectories of <b>2</b> questions" in html
-    # Accuracy as the report counts it: sampled trajectories only (the greedy Fold one is shown, not counted).
-    assert "Fold: <b>3</b>,\nsampled accuracy <b>0.0 %</b> over 2" in html
-    assert "sampled accuracy <b>100.0 %</b> over 1" in html
+    # Accuracy as the report counts it: sampled trajectories only (the greedy Fold one is shown, not counted),
+    # per budget where a mode has several (a budget sweep), else per mode.
+    assert "Fold, budget 40: <b>2</b>,\nsampled accuracy <b>0.0 %</b> over 1" in html
+    assert "Fold, budget auto: <b>1</b>,\nsampled accuracy <b>0.0 %</b>" in html
+    assert "Unfold, budget 40: <b>1</b>,\nsampled accuracy <b>100.0 %</b>" in html
+    one_budget = render_view([r for r in records() if r["budget"] == 40], "run/evals/step_3.jsonl")
+    assert "Fold: <b>2</b>,\nsampled accuracy <b>0.0 %</b> over 1" in one_budget
 
 
 def test_model_text_is_escaped_and_only_the_pages_own_script_may_run():
