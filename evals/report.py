@@ -8,9 +8,11 @@
                   "auto": {..., "chosen", "chosen_accuracy"}},
      "harder":   {"steps", "unfold_accuracy", "fold_accuracy", ...},
      "protocol": {"final": {...}, "periodic": {...}, "budgets": {...}, "harder": {...}},
-     "targets":  {name: {"value", "target", "met"}}}
+     "targets":  {name: {"value", "target", "met", "stderr"}}}
 
-Accuracies are means over sampled trajectories (`protocol` says how many, at which temperature).
+Accuracies are means over sampled trajectories (`protocol` says how many, at which temperature). A target
+on accuracies carries the standard error of its value (`stderr`), so that "not met" by less than the noise reads
+as such.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The main job's targets, checked on what the report holds (a part that was not run is left out)."""
     out: dict[str, dict[str, Any]] = {}
 
-    def check(name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
+    def check(name: str, value: float, low: float = -math.inf, high: float = math.inf,
+              stderr: float | None = None) -> None:
         # Judged on the value as shown: 0.98 - 0.97 is 0.01000000000000001, a 1-point loss that must meet "<= 0.01".
         shown = round(value, 4)
         if math.isinf(low):
@@ -35,25 +38,46 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         else:
             target = f"{(low + high) / 2:.2f} +- {(high - low) / 2:.2f}"
         out[name] = {"value": shown, "target": target, "met": low <= shown <= high}
+        if stderr is not None:
+            out[name]["stderr"] = round(stderr, 4)
 
     if {"unfold_accuracy", "fold_accuracy"} <= set(report.get("sft", {})):
         sft = report["sft"]
-        check("sft_unfold_accuracy", sft["unfold_accuracy"], low=0.95)
-        check("sft_gap", sft["unfold_accuracy"] - sft["fold_accuracy"], low=0.30)
+        n = _samples(sft.get("protocol"))
+        check("sft_unfold_accuracy", sft["unfold_accuracy"], low=0.95, stderr=_stderr(n, sft["unfold_accuracy"]))
+        check("sft_gap", sft["unfold_accuracy"] - sft["fold_accuracy"], low=0.30,
+              stderr=_stderr(n, sft["unfold_accuracy"], sft["fold_accuracy"]))
     last = [e for e in report.get("rl_evals", []) if "fold_accuracy" in e][-2:]
     if len(last) == 2:
-        check("rl_gap_last_two", max(abs(e["unfold_accuracy"] - e["fold_accuracy"]) for e in last), high=0.02)
-        check("rl_unfold_last_two", min(e["unfold_accuracy"] for e in last), low=0.95)
+        widest = max(last, key=lambda e: abs(e["unfold_accuracy"] - e["fold_accuracy"]))
+        check("rl_gap_last_two", abs(widest["unfold_accuracy"] - widest["fold_accuracy"]), high=0.02,
+              stderr=_stderr(_samples(widest), widest["unfold_accuracy"], widest["fold_accuracy"]))
+        lowest = min(last, key=lambda e: e["unfold_accuracy"])
+        check("rl_unfold_last_two", lowest["unfold_accuracy"], low=0.95,
+              stderr=_stderr(_samples(lowest), lowest["unfold_accuracy"]))
     budgets = report.get("budgets", {})
     if "auto" in budgets and "100" in budgets:
         auto, full = budgets["auto"], budgets["100"]
         check("auto_tokens_vs_100", auto["reasoning_tokens"] / max(full["reasoning_tokens"], 1e-9), high=0.40)
-        check("auto_accuracy_loss", full["accuracy"] - auto["accuracy"], high=0.01)
+        check("auto_accuracy_loss", full["accuracy"] - auto["accuracy"], high=0.01,
+              stderr=_stderr(_samples(report.get("protocol", {}).get("budgets")), full["accuracy"], auto["accuracy"]))
     for key in ("20", "40", "60", "80"):
         if "ratio" in budgets.get(key, {}):
             target = int(key) / 100
             check(f"ratio_{key}", budgets[key]["ratio"], round(target - 0.1, 4), round(target + 0.1, 4))
     return out
+
+
+def _samples(protocol: dict[str, Any] | None) -> int | None:
+    """Sampled trajectories per cell of an evaluation (`questions` x `samples`), None when not recorded."""
+    return protocol["questions"] * protocol["samples"] if protocol and {"questions", "samples"} <= set(protocol) else None
+
+
+def _stderr(samples: int | None, *accuracies: float) -> float | None:
+    """The binomial standard error of one accuracy, or of a difference of accuracies measured on separate
+    samples, over `samples` trajectories each. It takes a question's samples as independent, and they are
+    not (a hard question fails in most of them), so the true error is somewhat larger."""
+    return math.sqrt(sum(p * (1 - p) for p in accuracies) / samples) if samples else None
 
 
 def _pct(value: float | None) -> str:
@@ -113,8 +137,9 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                                                      "<COMP_100> length)"))
     if report.get("targets"):
         table = Table(title="Targets", title_justify="left")
-        for column in ("", "value", "target", "met"):
+        for column in ("", "value", "+- stderr", "target", "met"):
             table.add_column(column)
         for name, t in report["targets"].items():
-            table.add_row(name, str(t["value"]), t["target"], "[green]yes[/]" if t["met"] else "[red]no[/]")
+            table.add_row(name, str(t["value"]), str(t.get("stderr", "")), t["target"],
+                          "[green]yes[/]" if t["met"] else "[red]no[/]")
         console.print(table)

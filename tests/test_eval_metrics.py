@@ -60,6 +60,26 @@ def test_targets_are_checked_on_what_the_report_holds():
     assert "ratio_60" not in t and targets({}) == {}
 
 
+def test_accuracy_targets_carry_the_standard_error_of_their_protocol():
+    report = {
+        "sft": {"unfold_accuracy": 0.9, "fold_accuracy": 0.5, "protocol": {"questions": 100, "samples": 4}},
+        "rl_evals": [{"step": 20, "unfold_accuracy": 0.9, "fold_accuracy": 0.8, "questions": 25, "samples": 4},
+                     {"step": 40, "unfold_accuracy": 0.96, "fold_accuracy": 0.95, "questions": 200, "samples": 8}],
+        "budgets": {"100": {"accuracy": 0.9, "reasoning_tokens": 100}, "auto": {"accuracy": 0.9, "reasoning_tokens": 40}},
+        "protocol": {"budgets": {"questions": 50, "samples": 2}},
+    }
+    t = targets(report)
+    assert t["sft_unfold_accuracy"]["stderr"] == pytest.approx(0.015)  # sqrt(0.9 * 0.1 / 400)
+    assert t["sft_gap"]["stderr"] == pytest.approx(0.0292, abs=1e-4)  # sqrt((0.09 + 0.25) / 400)
+    # The wider gap (step 20) is the value judged, so its 100 samples give the error; the lower Unfold too.
+    assert t["rl_gap_last_two"]["value"] == pytest.approx(0.1) and t["rl_gap_last_two"]["stderr"] == pytest.approx(0.05)
+    assert t["rl_unfold_last_two"]["stderr"] == pytest.approx(0.03)
+    assert t["auto_accuracy_loss"]["stderr"] == pytest.approx(0.0424, abs=1e-4)  # sqrt(2 * 0.09 / 100)
+    assert "stderr" not in t["auto_tokens_vs_100"]
+    report["protocol"] = {}
+    assert "stderr" not in targets(report)["auto_accuracy_loss"]
+
+
 def test_a_target_is_judged_on_the_value_as_shown_not_on_float_noise():
     # 0.98 - 0.97 = 0.01000000000000001 and 0.6 - 0.1 = 0.49999999999999994: both sit exactly on their bound.
     t = targets({"budgets": {"100": {"accuracy": 0.98, "reasoning_tokens": 100},
