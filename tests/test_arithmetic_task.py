@@ -52,7 +52,7 @@ def test_every_answer_is_correct_and_in_the_trace():
 def test_faithful_summaries_carry_every_running_value():
     for p in problems(CFG, "eval"):
         trace = gold_trace(p, (False,) * len(p.ops))
-        assert summaries(trace) == [f"after op {k} x = {v}" for k, v in enumerate(p.values, 1)]
+        assert summaries(trace) == [f"after op {k} x = {v:02d}" for k, v in enumerate(p.values, 1)]
         # The digit-by-digit reasoning of each step ends in the value its summary carries.
         results = [int(r) for r in re.findall(r"so x = (\d+) \.", trace)]
         assert results == p.values
