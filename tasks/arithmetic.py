@@ -102,7 +102,7 @@ def summary(k: int, value: int, lax: bool) -> str:
     """A faithful summary carries the running value, always in two digits; a lax one only says the step happened.
     Two digits, because a trace that leaves the tens to be done mentally (`<COMP_40>`) otherwise has the model
     decide whether to write them: with `x = 9`, after RL 3.9-9.1 % of one-digit results came out one off against
-    ~1 % of two-digit ones, and that was the policy's whole accuracy loss; with `x = 09`, 1.1 %."""
+    ~1 % of two-digit ones, most of the policy's accuracy loss; with `x = 09`, 1.1 %."""
     return f"after op {k} done" if lax else f"after op {k} x = {value:02d}"
 
 
