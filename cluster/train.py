@@ -254,7 +254,7 @@ class Trainer:
         mode also Fold under `<COMP_AUTO>` (accuracy, tokens, the budgets chosen). `final`: the full
         protocol, the budget sweep and the harder problems (`evals.runner.final_suite`). Each evaluation
         also leaves its trajectories, their viewer and the plots so far (`publish`)."""
-        from evals.runner import Cell, evaluate, final_suite, modes, protocols
+        from evals.runner import final_suite, modes, protocols
         from tasks.dataset import records
 
         e = self.cfg.eval
@@ -267,12 +267,8 @@ class Trainer:
             protocol = protocols(self.cfg)["periodic"]
             held_out = records(self.cfg.task, "eval")
             entry = {"step": self.step, **await modes(self.pool.rollout, self.check, held_out, e.budget, protocol,
-                                                      traces=traces),
+                                                      traces=traces, policy="auto" in self.rl.budgets),
                      "questions": protocol.questions, "samples": protocol.samples}
-            if "auto" in self.rl.budgets:
-                cell = Cell("fold", "auto")
-                entry["auto"] = (await evaluate(self.pool.rollout, self.check, held_out, [cell], protocol,
-                                                traces=traces))[cell.name]
         append_eval(self.run_dir, entry)
         self.publish(traces)
         cells = {"": entry, "auto_": entry.get("auto", {}),

@@ -3,14 +3,17 @@
     {"wall_s", "precision", "cpu",
      "sft":      {"unfold_accuracy", "fold_accuracy", "*_greedy", "*_peak_context", "wall_s"},
      "rl_evals": [{"step", "unfold_accuracy", "fold_accuracy", ...}, ...],
-     "final":    {"unfold_accuracy", "fold_accuracy", "unfold_peak_context", "fold_peak_context", ...},
+     "final":    {"unfold_accuracy", "fold_accuracy", "unfold_peak_context", "fold_peak_context", ...,
+                  "auto": {"accuracy", "reasoning_tokens", "ratio", "chosen", ...}},
      "budgets":  {"20": {"accuracy", "reasoning_tokens", "ratio", ...}, ...,
                   "auto": {..., "chosen", "chosen_accuracy"}},
      "harder":   {"steps", "unfold_accuracy", "fold_accuracy", ...},
      "protocol": {"final": {...}, "periodic": {...}, "budgets": {...}, "harder": {...}},
      "targets":  {name: {"value", "target", "met", "stderr"}}}
 
-Accuracies are means over sampled trajectories (`protocol` says how many, at which temperature). A target
+Accuracies are means over sampled trajectories (`protocol` says how many, at which temperature). Policy mode
+(`<COMP_AUTO>`) is in `budgets` on the sweep's protocol and, after RL in policy mode, in `final` on the final
+one, where its targets (tokens and accuracy against Fold at `<COMP_100>`) are judged. A target
 on accuracies carries the standard error of its value (`stderr`), so that "not met" by less than the noise reads
 as such.
 """
@@ -55,17 +58,29 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         lowest = min(last, key=lambda e: e["unfold_accuracy"])
         check("rl_unfold_last_two", lowest["unfold_accuracy"], low=0.95,
               stderr=_stderr(_samples(lowest), lowest["unfold_accuracy"]))
-    budgets = report.get("budgets", {})
-    if "auto" in budgets and "100" in budgets:
-        auto, full = budgets["auto"], budgets["100"]
+    if pair := _policy_pair(report):
+        auto, full, measured = pair
         check("auto_tokens_vs_100", auto["reasoning_tokens"] / max(full["reasoning_tokens"], 1e-9), high=0.40)
         check("auto_accuracy_loss", full["accuracy"] - auto["accuracy"], high=0.01,
-              stderr=_stderr(_samples(report.get("protocol", {}).get("budgets")), full["accuracy"], auto["accuracy"]))
+              stderr=_stderr(_samples(report.get("protocol", {}).get(measured)), full["accuracy"], auto["accuracy"]))
+    budgets = report.get("budgets", {})
     for key in ("20", "40", "60", "80"):
         if "ratio" in budgets.get(key, {}):
             target = int(key) / 100
             check(f"ratio_{key}", budgets[key]["ratio"], round(target - 0.1, 4), round(target + 0.1, 4))
     return out
+
+
+def _policy_pair(report: dict[str, Any]) -> tuple[dict, dict, str] | None:
+    """Policy mode's cell, its `<COMP_100>` reference and the part of the report both come from: the final
+    evaluation's (Fold at `<COMP_100>` and at `<COMP_AUTO>`, the final protocol) where it has them, else the
+    budget sweep's."""
+    final, budgets = report.get("final", {}), report.get("budgets", {})
+    if "auto" in final and "fold_accuracy" in final:
+        return final["auto"], {k: final[f"fold_{k}"] for k in ("accuracy", "reasoning_tokens")}, "final"
+    if "auto" in budgets and "100" in budgets:
+        return budgets["auto"], budgets["100"], "budgets"
+    return None
 
 
 def _samples(protocol: dict[str, Any] | None) -> int | None:
@@ -109,7 +124,7 @@ def cells_table(cells: dict[str, dict[str, Any]], title: str) -> Table:
     for name, m in cells.items():
         right = m.get("chosen_accuracy", {})
         chosen = " ".join(f"{b}:{100 * share:.0f}%" + (f" ({100 * right[b]:.0f}% right)" if b in right else "")
-                          for b, share in m.get("chosen", {}).items())
+                          for b, share in m.get("chosen", {}).items() if share >= 0.01)  # report.json has all
         table.add_row(name, _pct(m.get("accuracy")), _pct(m.get("pass_at_k")), _pct(m.get("accuracy_greedy")),
                       _num(m.get("reasoning_tokens")), _num(m.get("ratio"), 2), _num(m.get("peak_context"), 0),
                       _num(m.get("tokens_per_s"), 0), chosen)
@@ -132,9 +147,14 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     console.print(modes_table(rows, f"Accuracy, mean of {protocol.get('samples', '?')} samples per question at "
                                     f"temperature {protocol.get('temperature', '?')} ({report.get('precision', '?')}, "
                                     f"{report.get('cpu', '?')})"))
-    if "budgets" in report:
-        console.print(cells_table(report["budgets"], "Budgets, Fold mode (r-hat: reasoning tokens / same model's "
-                                                     "<COMP_100> length)"))
+    cells = dict(report.get("budgets", {}))
+    title = "Budgets, Fold mode (r-hat: reasoning tokens / same model's <COMP_100> length)"
+    if "auto" in report.get("final", {}):
+        cells["auto (final)"] = report["final"]["auto"]
+        title += (f"; auto (final): on the final evaluation's {protocol.get('questions', '?')} questions x "
+                  f"{protocol.get('samples', '?')} samples, where policy mode's targets are judged")
+    if cells:
+        console.print(cells_table(cells, title))
     if report.get("targets"):
         table = Table(title="Targets", title_justify="left")
         for column in ("", "value", "+- stderr", "target", "met"):

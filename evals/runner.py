@@ -169,12 +169,18 @@ async def _rolled_out(rollout: Rollout, requests: list[RolloutRequest], bar) -> 
 
 
 async def modes(rollout: Rollout, check: Check, records: Sequence[dict], budget: int | str | None,
-                protocol: Protocol, desc: str = "eval", traces: list[dict] | None = None) -> dict[str, float]:
+                protocol: Protocol, desc: str = "eval", traces: list[dict] | None = None,
+                policy: bool = False) -> dict[str, Any]:
     """Unfold and Fold on the same questions: the report's flat `unfold_accuracy`, `fold_accuracy`,
-    `*_greedy`, `*_peak_context`, `*_reasoning_tokens` and `fold_unfold_gap`."""
+    `*_greedy`, `*_peak_context`, `*_reasoning_tokens` and `fold_unfold_gap`. `policy` (with `budget`
+    100): also Fold at `<COMP_AUTO>` on the same protocol, `auto`, its r-hat against the Fold cell."""
     cells = [Cell(mode, budget) for mode in MODES]
-    results = await evaluate(rollout, check, records, cells, protocol, desc, traces)
-    return by_mode({c.mode: results[c.name] for c in cells})
+    auto = Cell("fold", "auto")
+    results = await evaluate(rollout, check, records, [*cells, auto] if policy else cells, protocol, desc, traces)
+    flat: dict[str, Any] = by_mode({c.mode: results[c.name] for c in cells})
+    if policy:
+        flat["auto"] = results[auto.name]
+    return flat
 
 
 async def budget_sweep(rollout: Rollout, check: Check, records: Sequence[dict], budgets: Sequence[int | str],
@@ -188,14 +194,19 @@ async def budget_sweep(rollout: Rollout, check: Check, records: Sequence[dict], 
 async def final_suite(rollout: Rollout, check: Check, cfg: Config, traces: list[dict] | None = None) -> dict[str, Any]:
     """The end-of-job evaluation: `final` (both modes), `budgets` (with `eval.budgets`) and `harder`
     (with `eval.harder_steps`), plus the protocol of each part. `traces` gets the trajectories of `final`
-    and of the budget sweep (where the policy's choices and slips are read)."""
+    and of the budget sweep (where the policy's choices and slips are read).
+
+    A model trained in policy mode (`auto` in `rl.budgets`) is also evaluated at `<COMP_AUTO>` under the
+    final protocol (`final["auto"]`, as each periodic evaluation does under its own): the policy target is
+    a 1-point loss against Fold at `<COMP_100>`, which the sweep's fewer samples cannot resolve (200 x 2:
+    +-1.4 points)."""
     from tasks.dataset import records
 
     e = cfg.eval
     proto = protocols(cfg)
     held_out = records(cfg.task, "eval")
     out: dict[str, Any] = {"final": await modes(rollout, check, held_out, e.budget, proto["final"], "final eval",
-                                                      traces)}
+                                                traces, policy="auto" in cfg.rl.budgets and e.budget == 100)}
     used = {"final": proto["final"].as_dict()}
     if e.budgets:
         out["budgets"] = await budget_sweep(rollout, check, held_out, e.budgets, proto["budgets"], traces)

@@ -1,4 +1,6 @@
 """Evaluation metrics and the report's target checks: pure functions, hand-computed values."""
+import math
+
 import pytest
 
 from evals.metrics import Outcome, by_mode, cell_metrics, reference_lengths
@@ -78,6 +80,20 @@ def test_accuracy_targets_carry_the_standard_error_of_their_protocol():
     assert "stderr" not in t["auto_tokens_vs_100"]
     report["protocol"] = {}
     assert "stderr" not in targets(report)["auto_accuracy_loss"]
+
+
+def test_policy_targets_are_judged_on_the_final_protocol_where_it_measured_the_policy():
+    # The sweep (200 x 2) says a 2-point loss; the final evaluation (200 x 8) measured both cells with 4x the samples.
+    report = {"budgets": {"100": {"accuracy": 0.96, "reasoning_tokens": 150}, "auto": {"accuracy": 0.94, "reasoning_tokens": 60}},
+              "final": {"fold_accuracy": 0.97, "fold_reasoning_tokens": 148,
+                        "auto": {"accuracy": 0.965, "reasoning_tokens": 58}},
+              "protocol": {"budgets": {"questions": 200, "samples": 2}, "final": {"questions": 200, "samples": 8}}}
+    t = targets(report)
+    assert t["auto_accuracy_loss"]["value"] == pytest.approx(0.005) and t["auto_accuracy_loss"]["met"]
+    assert t["auto_accuracy_loss"]["stderr"] == pytest.approx(math.sqrt((0.97 * 0.03 + 0.965 * 0.035) / 1600), abs=1e-4)
+    assert t["auto_tokens_vs_100"]["value"] == pytest.approx(58 / 148, abs=1e-4)
+    del report["final"]["auto"]  # no policy cell in the final evaluation: the sweep's pair
+    assert targets(report)["auto_accuracy_loss"]["value"] == pytest.approx(0.02)
 
 
 def test_a_target_is_judged_on_the_value_as_shown_not_on_float_noise():

@@ -103,6 +103,10 @@ def test_ctrl_c_during_sft_and_rl_then_resume_to_the_report(tmp_path):
     assert {"unfold_accuracy", "fold_accuracy", "unfold_peak_context", "fold_peak_context"} <= set(report["final"])
     assert set(report["budgets"]) == {"40", "auto", "100"} and "ratio" in report["budgets"]["40"]
     assert report["harder"]["steps"] == [3, 3] and "targets" in report
+    # Policy mode on every evaluation's own protocol, r-hat against its Fold cell; its targets judged on the final one.
+    final = report["final"]
+    assert all("ratio" in e["auto"] for e in report["rl_evals"])
+    assert report["targets"]["auto_accuracy_loss"]["value"] == round(final["fold_accuracy"] - final["auto"]["accuracy"], 4)
     assert "Targets" in log_path.read_text()
 
     # What a user looks at: the last evaluation's trajectories, their viewer and the plots, also in MLflow.
