@@ -127,7 +127,8 @@ def test_fold_rollouts_fold_and_answer(actor, trained):
             prompt_text = tok.decode(s.prompt_ids)
             for earlier in t.segments[:k]:
                 reasoning = earlier.text.split("<step>")[0].strip()
-                assert reasoning not in prompt_text
+                # A sampled segment may open with its summary: nothing of it to leave out ('' is in every text).
+                assert not reasoning or reasoning not in prompt_text
             if k < len(t.segments) - 1:
                 assert s.response_ids[-1] == close and s.finish_reason == "stop"
                 summaries.append(s.text.split("<step>")[1].split(STEP_CLOSE)[0].strip())
