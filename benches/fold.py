@@ -41,8 +41,9 @@ def main(argv: list[str], prog: str) -> int:
     parser.add_argument("--summary-tokens", type=int, default=32)
     parser.add_argument("--kv-tokens", type=int, help="KV-cache size in tokens, at every length (default: what "
                         "Fold needs there to hold every trajectory at its largest folded size, at least one whole trace)")
-    parser.add_argument("--real-model", help="also roll out this trained model (e.g. the demo's last checkpoint) in "
-                        "real Fold and Unfold mode on the built-in task, sampled: the `real` row")
+    parser.add_argument("--real-model", help="also roll out this trained model in real Fold and Unfold mode on the "
+                        "built-in task, sampled: the `real` row. A model folder, or a run folder (e.g. runs/demo) "
+                        "for its last checkpoint")
     parser.add_argument("--real-trajectories", type=int, default=64)
     parser.add_argument("--real-kv-tokens", type=int, default=8192, help="the real row's KV cache (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -50,6 +51,8 @@ def main(argv: list[str], prog: str) -> int:
         if n % args.segment_tokens or n // args.segment_tokens < 4:
             parser.error(f"--trace-tokens {n}: must be a multiple of --segment-tokens giving >= 4 segments")
     cfg = config_from_args(args)
+    if args.real_model:
+        args.real_model = trained_model(Path(args.real_model), parser)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = asyncio.run(run(args, cfg, save=lambda r: args.out.write_text(json.dumps(r, indent=2) + "\n")))
     print_table(result)
@@ -65,6 +68,18 @@ def main(argv: list[str], prog: str) -> int:
                               result["real"]["fold"]["tokens_per_s"], result["real"]["unfold"]["tokens_per_s"]))
     report(args.out, result, figures, f"generator {result['dtype']}")
     return 0
+
+
+def trained_model(path: Path, parser) -> str:
+    """A model folder as it is; a run folder's last RL checkpoint (its `state.json`)."""
+    from cluster.run_dir import read_state
+
+    state = read_state(path) if path.is_dir() else None
+    model = path / "checkpoints" / f"step_{state['step']}" if state else path
+    if not (model / "config.json").is_file():
+        parser.error(f"--real-model {path}: neither a model folder (config.json) nor a run folder with an RL "
+                     f"checkpoint (state.json)")
+    return str(model)
 
 
 async def run(args, cfg, save) -> dict:

@@ -53,6 +53,8 @@ def run_all(argv: list[str], prog: str) -> int:
     parser.add_argument("--out", type=Path, default=Path("benches/results.json"), help="(default: %(default)s)")
     parser.add_argument("--only", type=lambda names: names.split(","), default=list(BENCHES),
                         help=f"comma-separated benchmarks (default: {','.join(BENCHES)})")
+    parser.add_argument("--real-model", help="fold's row of real rollouts (`bench fold --real-model`): a trained model "
+                        "folder, or a run folder for its last checkpoint; `make bench` passes runs/demo once the demo ran")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     unknown = [name for name in args.only if name not in BENCHES]
@@ -68,7 +70,8 @@ def run_all(argv: list[str], prog: str) -> int:
                 results[name] = {"skipped": reason}
             else:
                 print(f"\n=== {prog}: {name}", flush=True)
-                cmd = [sys.executable, "-m", "cli", "bench", name, *SUITE_ARGS.get(name, []), *args.overrides,
+                real = ["--real-model", args.real_model] if name == "fold" and args.real_model else []
+                cmd = [sys.executable, "-m", "cli", "bench", name, *SUITE_ARGS.get(name, []), *real, *args.overrides,
                        "--config", args.config, "--out", str(out)]
                 status = subprocess.run(cmd).returncode
                 results[name] = json.loads(out.read_text()) if status == 0 else {"failed": f"exit status {status}"}

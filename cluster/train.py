@@ -233,7 +233,9 @@ class Trainer:
         last = self.step == self.rl.steps
         self.tracker.log(metrics, self.step)  # before evaluating: the plots then include this step
         if last or (self.cfg.eval.every and self.step % self.cfg.eval.every == 0):
+            start = time.perf_counter()
             evaluated = await self.evaluate(final=last)
+            evaluated["perf/eval_s"] = time.perf_counter() - start
             self.tracker.log(evaluated, self.step)
             metrics |= evaluated
         for key, value in metrics.items():

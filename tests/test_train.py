@@ -127,6 +127,8 @@ def test_colocated_schedule_takes_turns_and_syncs_every_step(ray_local, model_di
     assert_exactly_once(trainer, 2)
     run_id = json.loads((run_dir / "state.json").read_text())["mlflow_run_id"]
     assert mlflow_history(run_dir, run_id, "perf/sleep_s") == mlflow_history(run_dir, run_id, "perf/wake_s") == [1, 2]
+    assert mlflow_history(run_dir, run_id, "perf/eval_s") == [2]  # the final evaluation's cost (eval.every: 0)
+    assert trainer.history["perf/eval_s"][2] > 0
 
 
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_last_good_one(ray_local, model_dir, tmp_path):
