@@ -34,14 +34,14 @@ test: install
 test-unit: install
 	$(PY) -m pytest -q -m "not system"
 
-# Every benchmark in turn (`accordion bench all`): benches/results.json and the table benches/results.md; once
-# `make demo` ran, fold's row of real rollouts uses its last checkpoint.
+# Every benchmark in turn (`accordion bench all`): benches/results.json and the table benches/results.md. Once
+# `make demo` ran, fold adds a row of its final model's real rollouts and trl starts from its SFT checkpoint.
 # The figures are throughputs, so run it on a quiet machine (nothing else busy); ARGS as for demo.
 # TRL (`bench trl`'s peer) is the `bench` extra, installed here so that `make install` stays lean; only that
 # extra, so that pip does not bring back what the cpu install removed.
 bench: install
 	$(PY) -m pip install --quiet --progress-bar off -e '.[bench]'
-	$(VENV)/bin/accordion bench all --out benches/results.json $(if $(wildcard $(DEMO)/state.json),--real-model $(DEMO)) $(ARGS)
+	$(VENV)/bin/accordion bench all --out benches/results.json $(if $(wildcard $(DEMO)/state.json),--demo $(DEMO)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

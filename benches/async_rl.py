@@ -3,7 +3,7 @@
 Both arms run the same config for the same number of steps (so the same number of trained trajectories)
 in this process, each in a fresh run folder: `Trainer.start` (engine start and actor set-up are not
 timed), then `Trainer.run` timed, then shutdown. Throughput = trajectories trained / seconds of training:
-`run`'s less its end-of-run evaluation (`perf/eval_s`), ~2 s in either arm that would pull the ratio towards 1
+`run`'s less its end-of-run evaluation (`perf/eval_s`), 1-2 s in either arm that would pull the ratio towards 1
 (the last checkpoint stays in). `ratio_with_eval` keeps it in.
 
 Default config: 1 learner rank and 1 generator, 1 CPU each (the engine pinned to the last core:

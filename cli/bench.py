@@ -53,13 +53,15 @@ def run_all(argv: list[str], prog: str) -> int:
     parser.add_argument("--out", type=Path, default=Path("benches/results.json"), help="(default: %(default)s)")
     parser.add_argument("--only", type=lambda names: names.split(","), default=list(BENCHES),
                         help=f"comma-separated benchmarks (default: {','.join(BENCHES)})")
-    parser.add_argument("--real-model", help="fold's row of real rollouts (`bench fold --real-model`): a trained model "
-                        "folder, or a run folder for its last checkpoint; `make bench` passes runs/demo once the demo ran")
+    parser.add_argument("--demo", type=Path, help="a finished `make demo` run folder: fold adds a row of its last "
+                        "checkpoint's real rollouts, and trl starts both arms from its SFT checkpoint instead of a cold "
+                        "start of its own (~5 min); `make bench` passes runs/demo once the demo ran")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     unknown = [name for name in args.only if name not in BENCHES]
     if unknown:
         parser.error(f"--only: unknown benchmark(s) {', '.join(unknown)}")
+    demo = demo_args(args.demo, parser) if args.demo else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,15 +72,23 @@ def run_all(argv: list[str], prog: str) -> int:
                 results[name] = {"skipped": reason}
             else:
                 print(f"\n=== {prog}: {name}", flush=True)
-                real = ["--real-model", args.real_model] if name == "fold" and args.real_model else []
-                cmd = [sys.executable, "-m", "cli", "bench", name, *SUITE_ARGS.get(name, []), *real, *args.overrides,
-                       "--config", args.config, "--out", str(out)]
+                cmd = [sys.executable, "-m", "cli", "bench", name, *SUITE_ARGS.get(name, []), *demo.get(name, []),
+                       *args.overrides, "--config", args.config, "--out", str(out)]
                 status = subprocess.run(cmd).returncode
                 results[name] = json.loads(out.read_text()) if status == 0 else {"failed": f"exit status {status}"}
             args.out.write_text(json.dumps(results, indent=2) + "\n")
             args.out.with_suffix(".md").write_text(table(results) + "\n")
     print(f"\n{table(results)}\nwrote {args.out} and {args.out.with_suffix('.md')}")
     return 1 if any("failed" in r for r in results.values()) else 0
+
+
+def demo_args(run_dir: Path, parser: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """What a finished demo run gives the benchmarks: its last RL checkpoint (fold's real row) and its SFT
+    checkpoint (trl's starting model, the cold start `bench trl` would otherwise repeat)."""
+    sft = run_dir / "sft" / "checkpoint"
+    if not (run_dir / "state.json").is_file() or not (sft / "config.json").is_file():
+        parser.error(f"--demo {run_dir}: not a finished demo run (no state.json or no sft/checkpoint)")
+    return {"fold": ["--real-model", str(run_dir)], "trl": ["--model", str(sft)]}
 
 
 def unavailable(name: str) -> str | None:
