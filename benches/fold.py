@@ -72,10 +72,10 @@ def main(argv: list[str], prog: str) -> int:
 
 def trained_model(path: Path, parser) -> str:
     """A model folder as it is; a run folder's last RL checkpoint (its `state.json`)."""
-    from cluster.run_dir import read_state
+    from cluster.run_dir import checkpoint_dir, read_state
 
     state = read_state(path) if path.is_dir() else None
-    model = path / "checkpoints" / f"step_{state['step']}" if state else path
+    model = checkpoint_dir(path, state["step"]) if state else path
     if not (model / "config.json").is_file():
         parser.error(f"--real-model {path}: neither a model folder (config.json) nor a run folder with an RL "
                      f"checkpoint (state.json)")

@@ -435,6 +435,8 @@ def cold_start(config: str | None, overrides: list[str], steps: int, work: Path,
 def ours_arm(config: str | None, overrides: list[str], steps: int, samples_per_step: int, run_dir: Path,
              timeout_s: float) -> dict[str, Any]:
     """`accordion train` on the job in a fresh `run_dir`; its per-step figures from its MLflow run."""
+    from cluster.run_dir import checkpoint_dir
+
     if run_dir.exists():
         shutil.rmtree(run_dir)
     log = run_dir.with_suffix(".log")
@@ -452,7 +454,7 @@ def ours_arm(config: str | None, overrides: list[str], steps: int, samples_per_s
     report = json.loads((run_dir / "report.json").read_text())
     return {**arm_figures(step_s, samples_per_step, tokens, informative), "rollout_accuracy_each": [round(a, 4) for a in history["rollout/accuracy"]],
             "process_s": wall, "precision": report.get("precision"), "generator_dtype": report.get("generator_dtype"),
-            "model": str(run_dir / "checkpoints" / f"step_{steps}")}
+            "model": str(checkpoint_dir(run_dir, steps))}
 
 
 def mlflow_history(run_dir: Path, names: Sequence[str]) -> dict[str, list[float]]:

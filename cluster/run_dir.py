@@ -65,6 +65,11 @@ def prepare_run(config: str | None, overrides: list[str], resume: str | None,
     return cfg, run_dir, None
 
 
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """The RL checkpoint of step `step` (`checkpoints/step_N` above)."""
+    return run_dir / "checkpoints" / f"step_{step}"
+
+
 def read_state(run_dir: Path) -> dict | None:
     """`state.json`: the last RL checkpoint's step, files and data ledger; None before the first one."""
     return json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else None

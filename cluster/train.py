@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.queue import Group, PromptLedger, RolloutQueue
-from cluster.run_dir import (PLOTS, STATE, TRAINED, VIEW, RunFolderError, append_eval, append_line, manifest, read_evals,
-                             write_json)
+from cluster.run_dir import (PLOTS, STATE, TRAINED, VIEW, RunFolderError, append_eval, append_line, checkpoint_dir,
+                             manifest, read_evals, write_json)
 from configs.schema import Config
 from tasks.format import BUDGETS
 
@@ -195,7 +195,7 @@ class Trainer:
         finally:
             bar.close()
             await cancel(producers)
-        self.tracker.artifact(self.run_dir / "checkpoints" / f"step_{self.step}", "checkpoint")
+        self.tracker.artifact(checkpoint_dir(self.run_dir, self.step), "checkpoint")
         return metrics
 
     def start_producers(self) -> list[asyncio.Task]:
@@ -299,7 +299,7 @@ class Trainer:
     def checkpoint(self, ledger: dict) -> None:
         """Weights + optimizer in HF format, then the loop's own state, written last and atomically, with
         the checkpoint's manifest (`--resume` refuses a checkpoint damaged since)."""
-        path = self.run_dir / "checkpoints" / f"step_{self.step}"
+        path = checkpoint_dir(self.run_dir, self.step)
         try:
             self.learners.save(path, {"step": self.step})
             state = {"step": self.step, "checkpoint": str(path), "checkpoint_files": manifest(path),
