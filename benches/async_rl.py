@@ -62,22 +62,16 @@ def main(argv: list[str], prog: str) -> int:
     pairs: list[dict] = []
     for pair in range(args.pairs):
         runs = {}
-        for arm in list(arms)[:: 1 if pair % 2 == 0 else -1]:
+        for arm in arm_order(list(arms), pair):
             run_dir = work / f"{arm}-{pair}"
             overrides = [f"{k}={v}" for k, v in {**base, "rl.max_staleness": arms[arm], "run_dir": run_dir}.items()]
             run_s, eval_s, trained, precision = asyncio.run(timed_run([*overrides, *args.overrides], args.config))
             runs[arm] = {"trained": trained, "train_s": run_s - eval_s, "run_s": run_s, "eval_s": eval_s}
             print(f"pair {pair + 1}/{args.pairs}, {arm:<5} (max_staleness {arms[arm]}): {trained} trajectories in "
-                  f"{run_s - eval_s:.1f} s of training = {rate(runs[arm]):.2f}/s (the run {run_s:.1f} s with its "
+                  f"{runs[arm]['train_s']:.1f} s of training = {rate(runs[arm]):.2f}/s (the run {run_s:.1f} s with its "
                   f"last evaluation)", flush=True)
         pairs.append({**runs, "ratio": rate(runs["async"]) / rate(runs["sync"])})
-    for arm in arms:
-        pooled = {key: sum(p[arm][key] for p in pairs) for key in ("trained", "train_s", "run_s", "eval_s")}
-        result |= {f"{arm}_samples_per_s": rate(pooled),
-                   **{f"{arm}_{key}": pooled[key] for key in ("train_s", "run_s", "eval_s")}}
-    result["ratio"] = result["async_samples_per_s"] / result["sync_samples_per_s"]
-    result["ratio_with_eval"] = result["sync_run_s"] / result["async_run_s"]
-    result["pairs"] = pairs
+    result |= pool(pairs)
     result["settings"]["async_max_staleness"] = args.staleness
     spread = ", ".join(f"{p['ratio']:.2f}" for p in pairs)
     rates = figure(f"trained samples/s, async (max_staleness {args.staleness}) vs sync, {args.pairs} pairs pooled "
@@ -87,8 +81,25 @@ def main(argv: list[str], prog: str) -> int:
     return 0
 
 
+def arm_order(arms: list[str], pair: int) -> list[str]:
+    """sync, async, then async, sync, ...: a drift of the machine over the run weighs on both arms alike."""
+    return arms if pair % 2 == 0 else arms[::-1]
+
+
 def rate(run: dict) -> float:
     return run["trained"] / run["train_s"]
+
+
+def pool(pairs: list[dict]) -> dict:
+    """Both arms over every pair: trained samples/s = all trajectories / all seconds of training (not a mean of
+    the pairs' ratios), the seconds summed, `ratio` and `ratio_with_eval` (the same trajectories in either arm)."""
+    result = {}
+    for arm in ("sync", "async"):
+        pooled = {key: sum(p[arm][key] for p in pairs) for key in ("trained", "train_s", "run_s", "eval_s")}
+        result |= {f"{arm}_samples_per_s": rate(pooled),
+                   **{f"{arm}_{key}": pooled[key] for key in ("train_s", "run_s", "eval_s")}}
+    return result | {"ratio": result["async_samples_per_s"] / result["sync_samples_per_s"],
+                     "ratio_with_eval": result["sync_run_s"] / result["async_run_s"], "pairs": pairs}
 
 
 async def timed_run(overrides: list[str], config: str | None) -> tuple[float, float, int, dict]:
